@@ -1,0 +1,90 @@
+"""The app factory: the contract, its handlers, storage and the error renderer, wired once."""
+
+from __future__ import annotations
+
+import json
+import sys
+import warnings
+from contextlib import asynccontextmanager
+from dataclasses import replace
+
+# connexion 3.3 imports starlette.testclient at import time, which on Starlette 1.x warns
+# about httpx on every server start; the test client is never used when serving.
+warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
+
+from connexion import AsyncApp  # noqa: E402
+from connexion.options import SwaggerUIOptions
+from connexion.resolver import RelativeResolver
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from agentos_sessions.contract import Contract
+from agentos_sessions.errors import register_error_renderer
+from agentos_sessions.security import bearer_handler_for, generate_key
+from agentos_sessions.settings import ENV_SECURITY_KEY, Settings, load_settings
+from storage import Storage
+
+
+def announce_generated_key(settings: Settings, stream=sys.stderr) -> Settings:
+    """Secure by default: without a configured key, make one and say so exactly once."""
+    if settings.security_key:
+        return settings
+    key = generate_key()
+    url = f"http://{settings.host}:{settings.port}/sessions/<session_id>"
+    print(
+        f"No {ENV_SECURITY_KEY} was set, so this server generated a key for this run:\n"
+        f"  {ENV_SECURITY_KEY}={key}\n"
+        f"Try it:\n"
+        f"  curl -i -X DELETE -H 'Authorization: Bearer {key}' {url}\n"
+        f"Set {ENV_SECURITY_KEY} to keep a key across restarts.",
+        file=stream,
+        flush=True,
+    )
+    return replace(settings, security_key=key)
+
+
+def create_app(settings: Settings | None = None, *, contract: Contract | None = None) -> AsyncApp:
+    settings = announce_generated_key(settings or load_settings())
+    contract = contract or Contract.load()
+    storage = Storage(settings)
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        await run_in_threadpool(storage.start)
+        try:
+            yield {"storage": storage}
+        finally:
+            await run_in_threadpool(storage.close)
+
+    app = AsyncApp(
+        __name__,
+        lifespan=lifespan,
+        # Connexion would serve its converted 3.0 view; clients get the original below.
+        swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False),
+        security_map={"bearer": bearer_handler_for(settings.security_key)},
+    )
+    app.add_api(
+        contract.openapi30,
+        resolver=RelativeResolver("handlers"),
+        validate_responses=settings.validate_responses,
+        strict_validation=True,
+    )
+    contract_json = json.dumps(contract.document, indent=2).encode()
+
+    def openapi_json(_request: Request) -> Response:
+        return Response(contract_json, media_type="application/json")
+
+    def openapi_yaml(_request: Request) -> Response:
+        return Response(contract.raw, media_type="application/yaml")
+
+    app.add_url_rule("/openapi.json", "openapi_json", openapi_json, methods=["GET"])
+    app.add_url_rule("/openapi.yaml", "openapi_yaml", openapi_yaml, methods=["GET"])
+    register_error_renderer(app)
+    app.storage = storage
+    return app
+
+
+def create_app_from_environment() -> AsyncApp:
+    """Entry point for ``uvicorn --factory``: settings from the environment and config file."""
+    return create_app(load_settings())

@@ -1,0 +1,115 @@
+"""The ``agentos-sessions`` command: serve the contract, or seed demo sessions."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from agentos_sessions.settings import (
+    ENV_CONFIG,
+    ENV_HOST,
+    ENV_PORT,
+    ENV_SECURITY_KEY,
+    ENV_WORKERS,
+    SettingsError,
+    load_settings,
+)
+
+FACTORY = "agentos_sessions.app:create_app_from_environment"
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="agentos-sessions",
+        description="Host Agno AgentOS's DELETE /sessions/{session_id} contract and erase sessions for real.",
+    )
+    parser.add_argument(
+        "--config",
+        metavar="FILE",
+        help=f"TOML settings file (env {ENV_CONFIG}; default ./agentos-sessions.toml if present)",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    serve = commands.add_parser(
+        "serve",
+        help="serve the API with uvicorn",
+        description="Serve DELETE /sessions/{session_id} with uvicorn. Without OS_SECURITY_KEY a key is "
+        "generated, printed once with a curl line, and shared by every worker.",
+    )
+    serve.add_argument("--host", help=f"interface to bind (env {ENV_HOST}; default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help=f"port to listen on (env {ENV_PORT}; default 7777)")
+    serve.add_argument("--workers", type=int, help=f"uvicorn worker processes (env {ENV_WORKERS}; default 1)")
+    serve.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    serve.add_argument("--no-access-log", action="store_true", help="turn off uvicorn's per-request access log")
+
+    seed = commands.add_parser(
+        "seed",
+        help="create demo sessions with runs and print their ids",
+        description="Create demo sessions (with runs) in Agno's layout through the service's own storage "
+        "code, then print one session id per line, ready to delete.",
+    )
+    seed.add_argument("--count", type=int, default=3, help="sessions to create (default 3)")
+    seed.add_argument("--runs", type=int, default=3, help="runs per session (default 3)")
+    seed.add_argument("--db-id", help="database id (default: the first configured database)")
+    seed.add_argument("--table", help="sessions table (default: the database's first sessions table)")
+    return parser
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agentos_sessions.app import announce_generated_key
+    from storage import Storage
+
+    # Workers are separate processes that rebuild settings from the environment, so
+    # every choice made here travels through it.
+    overrides = {ENV_HOST: args.host, ENV_PORT: args.port, ENV_WORKERS: args.workers, ENV_CONFIG: args.config}
+    for name, value in overrides.items():
+        if value is not None:
+            os.environ[name] = str(value)
+    settings = announce_generated_key(load_settings())
+    os.environ[ENV_SECURITY_KEY] = settings.security_key
+    # Create missing tables once, before workers start and race each other to it.
+    storage = Storage(settings)
+    storage.start()
+    storage.close()
+    uvicorn.run(
+        FACTORY,
+        factory=True,
+        host=settings.host,
+        port=settings.port,
+        workers=settings.workers,
+        log_level=args.log_level,
+        access_log=not args.no_access_log,
+    )
+    return 0
+
+
+def _seed(args: argparse.Namespace) -> int:
+    from storage import Storage
+    from storage.seed import seed_sessions
+
+    storage = Storage(load_settings(config_file=args.config))
+    try:
+        target = storage.locate(args.db_id, args.table)
+        ids = seed_sessions(target.database, target.session_table, count=args.count, runs_per_session=args.runs)
+    finally:
+        storage.close()
+    print("\n".join(ids))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        if args.command == "serve":
+            return _serve(args)
+        return _seed(args)
+    except SettingsError as exc:
+        print(f"agentos-sessions: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,104 @@
+"""The erase: a session and everything Agno keeps under its id, in one transaction."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, column, delete, select, table, tuple_
+
+from agentos_sessions.settings import SessionTable
+from storage.database import Database
+from storage.schema import COMPACTIONS_TABLE, PAYLOAD_TABLE, TOOL_RESULTS_TABLE, TRANSCRIPTS_TABLE, TableRef
+
+
+class SessionTableMissing(Exception):
+    """The sessions table to erase from does not exist in the database."""
+
+
+class _NotFound(Exception):
+    """Raised inside the transaction so that nothing it did is kept."""
+
+
+@dataclass
+class ErasedRows:
+    """How many rows went, by kind, for audit and metrics."""
+
+    counts: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def total(self) -> int:
+        return sum(self.counts.values())
+
+
+def _table(ref: TableRef, *columns: str):
+    return table(ref.name, *(column(c) for c in columns), schema=ref.schema)
+
+
+def erase_session(
+    database: Database, session_table: SessionTable, session_id: str, *, erase_traces: bool = False
+) -> ErasedRows | None:
+    """Erase one session. Returns what was erased, or None when no such session exists.
+
+    Dependent rows are deleted first and the session row last: the session row's
+    delete decides found or not found, and when it finds nothing the transaction is
+    rolled back, so a not-found erase changes nothing even if orphans share the id.
+    Every dependent table is handled explicitly, with or without a foreign key.
+    """
+    if "\x00" in session_id and not database.stores_nul:
+        return None
+    try:
+        return database.write(lambda conn: _erase(conn, database, session_table, session_id, erase_traces))
+    except _NotFound:
+        return None
+
+
+def _erase(
+    conn: Connection, database: Database, session_table: SessionTable, session_id: str, erase_traces: bool
+) -> ErasedRows:
+    sessions_ref = database.ref(session_table.name)
+    runs_ref = database.ref(session_table.runs_table)
+    transcripts_ref = database.ref(TRANSCRIPTS_TABLE)
+    compactions_ref = database.ref(COMPACTIONS_TABLE)
+    tool_results_ref = database.ref(TOOL_RESULTS_TABLE)
+    payload_ref = database.payload_ref(PAYLOAD_TABLE)
+    traces_ref = database.ref(database.settings.traces_table)
+    spans_ref = database.ref(database.settings.spans_table)
+    candidates = [sessions_ref, runs_ref, transcripts_ref, compactions_ref, tool_results_ref, payload_ref]
+    if erase_traces:
+        candidates += [traces_ref, spans_ref]
+    present = database.existing(conn, candidates)
+    if sessions_ref not in present:
+        raise SessionTableMissing(session_table.name)
+
+    erased = ErasedRows()
+
+    def erase_where(kind: str, ref: TableRef, key: str) -> None:
+        if ref in present:
+            target = _table(ref, key)
+            erased.counts[kind] = conn.execute(delete(target).where(target.c[key] == session_id)).rowcount
+
+    erase_where("runs", runs_ref, "session_id")
+    erase_where("transcripts", transcripts_ref, "agno_session_id")
+    erase_where("compactions", compactions_ref, "session_id")
+    if tool_results_ref in present:
+        results = _table(tool_results_ref, "session_id", "namespace", "path")
+        if payload_ref in present:
+            payloads = _table(payload_ref, "namespace", "path")
+            owned = select(results.c.namespace, results.c.path).where(results.c.session_id == session_id)
+            erased.counts["tool_result_payloads"] = conn.execute(
+                delete(payloads).where(tuple_(payloads.c.namespace, payloads.c.path).in_(owned))
+            ).rowcount
+        erase_where("tool_results", tool_results_ref, "session_id")
+    if erase_traces and traces_ref in present:
+        traces = _table(traces_ref, "trace_id", "session_id")
+        if spans_ref in present:
+            spans = _table(spans_ref, "trace_id")
+            session_traces = select(traces.c.trace_id).where(traces.c.session_id == session_id)
+            erased.counts["spans"] = conn.execute(delete(spans).where(spans.c.trace_id.in_(session_traces))).rowcount
+        erase_where("traces", traces_ref, "session_id")
+
+    sessions = _table(sessions_ref, "session_id")
+    if conn.execute(delete(sessions).where(sessions.c.session_id == session_id)).rowcount == 0:
+        raise _NotFound
+    erased.counts["sessions"] = 1
+    return erased

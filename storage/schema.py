@@ -1,0 +1,100 @@
+"""Agno's table layout, as far as this service needs it.
+
+Two uses: creating the sessions and runs tables of a fresh database in Agno 3.x's
+layout (so a new install works before any agent has written), and naming the tables
+and columns an erase touches. Column names and index names follow Agno 3.x
+(``agno/db/*/schemas.py``) so Agno can later write to tables created here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, MetaData, String, Table
+from sqlalchemy.dialects.postgresql import JSONB
+
+from agentos_sessions.settings import DatabaseSettings, SessionTable
+
+# Agno stores JSON as JSONB on PostgreSQL and as JSON text on SQLite.
+JsonDocument = JSON().with_variant(JSONB(), "postgresql")
+
+# Tables whose names Agno does not let applications change.
+TRANSCRIPTS_TABLE = "agno_transcripts"
+COMPACTIONS_TABLE = "agno_compactions"
+TOOL_RESULTS_TABLE = "agno_tool_results"
+# Tool-result payloads live in Agno's file-system table, keyed by (namespace, path);
+# on PostgreSQL it has a schema of its own.
+PAYLOAD_TABLE = "agno_fs"
+POSTGRES_PAYLOAD_SCHEMA = "fs"
+
+
+@dataclass(frozen=True)
+class TableRef:
+    """Where a table lives: schema (None for SQLite's main database) and name."""
+
+    schema: str | None
+    name: str
+
+
+def _indexed(table: Table, *columns: str) -> None:
+    for column in columns:
+        Index(f"idx_{table.name}_{column}", table.c[column])
+
+
+def sessions_table(metadata: MetaData, name: str) -> Table:
+    table = Table(
+        name,
+        metadata,
+        Column("session_id", String, primary_key=True, nullable=False),
+        Column("session_type", String, nullable=False),
+        Column("agent_id", String),
+        Column("team_id", String),
+        Column("workflow_id", String),
+        Column("user_id", String),
+        Column("session_data", JsonDocument),
+        Column("agent_data", JsonDocument),
+        Column("team_data", JsonDocument),
+        Column("workflow_data", JsonDocument),
+        Column("metadata", JsonDocument),
+        Column("summary", JsonDocument),
+        Column("created_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger),
+    )
+    _indexed(table, "session_type", "created_at")
+    return table
+
+
+def runs_table(metadata: MetaData, name: str, sessions: Table) -> Table:
+    session_key = f"{sessions.schema}.{sessions.name}" if sessions.schema else sessions.name
+    table = Table(
+        name,
+        metadata,
+        Column("run_id", String, primary_key=True, nullable=False),
+        Column(
+            "session_id",
+            String,
+            ForeignKey(f"{session_key}.session_id", ondelete="CASCADE"),
+            nullable=False,
+        ),
+        Column("run_type", String, nullable=False),
+        Column("agent_id", String),
+        Column("team_id", String),
+        Column("workflow_id", String),
+        Column("user_id", String),
+        Column("parent_run_id", String),
+        Column("status", String),
+        Column("run_index", BigInteger),
+        Column("run_data", JsonDocument, nullable=False),
+        Column("created_at", BigInteger, nullable=False),
+        Column("updated_at", BigInteger),
+    )
+    _indexed(table, "session_id", "run_type", "agent_id", "team_id", "workflow_id", "user_id", "status", "created_at")
+    Index(f"idx_{name}_session_id_run_index", table.c.session_id, table.c.run_index)
+    return table
+
+
+def layout(database: DatabaseSettings, session_table: SessionTable) -> tuple[Table, Table]:
+    """The sessions table and its runs table, bound to a fresh MetaData."""
+    metadata = MetaData(schema=database.schema)
+    sessions = sessions_table(metadata, session_table.name)
+    return sessions, runs_table(metadata, session_table.runs_table, sessions)
