@@ -1,0 +1,98 @@
+from __future__ import annotations
+
+import os
+import uuid
+from dataclasses import replace
+
+import pytest
+from sqlalchemy import create_engine
+from sqlalchemy.schema import DropSchema
+
+from agentos_sessions.app import create_app
+from agentos_sessions.settings import DatabaseSettings, SessionTable, Settings
+from storage import Database
+from tests.support import KEY
+
+POSTGRES_URL_ENV = "AGENTOS_TEST_POSTGRES_URL"
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL server: a skip with a reason locally, a failure in CI."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {POSTGRES_URL_ENV} is not set: PostgreSQL tests must run in CI")
+        pytest.skip(f"PostgreSQL not available: set {POSTGRES_URL_ENV} to run these tests")
+    return url
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request) -> str:
+    return request.param
+
+
+@pytest.fixture
+def make_database_settings(backend, tmp_path):
+    """DatabaseSettings for an isolated, empty database of the current backend.
+
+    SQLite gets a fresh file per database; PostgreSQL a fresh schema, dropped afterwards.
+    """
+    schemas: list[str] = []
+    url = postgres_url() if backend == "postgres" else None
+
+    def make(db_id: str = "default", session_tables=("agno_sessions",), **overrides) -> DatabaseSettings:
+        tables = tuple(t if isinstance(t, SessionTable) else SessionTable.named(t) for t in session_tables)
+        if backend == "sqlite":
+            return DatabaseSettings(id=db_id, url=f"sqlite:///{tmp_path / f'{db_id}.db'}", session_tables=tables, **overrides)
+        schema = f"t_{uuid.uuid4().hex[:12]}"
+        schemas.append(schema)
+        return DatabaseSettings(id=db_id, url=url, session_tables=tables, schema=schema, **overrides)
+
+    yield make
+    if schemas:
+        engine = create_engine(url)
+        with engine.begin() as conn:
+            for schema in schemas:
+                conn.execute(DropSchema(schema, cascade=True, if_exists=True))
+        engine.dispose()
+
+
+@pytest.fixture
+def make_database(make_database_settings):
+    opened: list[Database] = []
+
+    def make(*args, **kwargs) -> Database:
+        database = Database(make_database_settings(*args, **kwargs), busy_timeout_ms=2000)
+        opened.append(database)
+        return database
+
+    yield make
+    for database in opened:
+        database.dispose()
+
+
+@pytest.fixture
+def make_settings(make_database_settings):
+    def make(databases: tuple[DatabaseSettings, ...] | None = None, **overrides) -> Settings:
+        settings = Settings(databases=databases or (make_database_settings(),), security_key=KEY, busy_timeout_ms=2000)
+        return replace(settings, **overrides)
+
+    return make
+
+
+@pytest.fixture
+def make_client(make_settings):
+    """A started app (lifespan run) behind Starlette's test client."""
+    clients = []
+
+    def make(settings: Settings | None = None, **overrides):
+        app = create_app(settings or make_settings(**overrides))
+        client = app.test_client(raise_server_exceptions=False)
+        client.__enter__()
+        clients.append(client)
+        client.storage = app.storage
+        return client
+
+    yield make
+    for client in clients:
+        client.__exit__(None, None, None)

@@ -1,0 +1,187 @@
+"""Helpers shared by the tests: the error-shape assertion and Agno-shaped test data."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import jsonschema
+from sqlalchemy import JSON, BigInteger, Column, MetaData, String, Table, Text, inspect, insert, select, func, or_, cast
+
+from agentos_sessions.contract import Contract
+from agentos_sessions.settings import SessionTable
+from storage import Database
+from storage.schema import layout
+
+KEY = "test-key-4f1c2a"
+AUTH = {"Authorization": f"Bearer {KEY}"}
+
+_CONTRACT = Contract.load()
+_RESPONSES = _CONTRACT.document["paths"]["/sessions/{session_id}"]["delete"]["responses"]
+
+
+def assert_spec_error(response, status: int, error_code: str) -> dict:
+    """Every error, whatever raised it, is the spec's {detail, error_code} as application/json."""
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert set(body) == {"detail", "error_code"}, body
+    assert isinstance(body["detail"], str) and body["detail"].strip(), body
+    assert body["error_code"] == error_code, body
+    declared = _RESPONSES.get(str(status))
+    if declared is not None:
+        # Validate against the published 3.1 schema itself, not a converted copy.
+        schema = dict(declared["content"]["application/json"]["schema"])
+        schema["components"] = _CONTRACT.document["components"]
+        jsonschema.Draft202012Validator(schema).validate(body)
+    return body
+
+
+# What holds the conversation and must always go; traces and spans go only when
+# erase_traces is on.
+CONVERSATION_KINDS = ("sessions", "runs", "transcripts", "compactions", "tool_results", "tool_result_payloads")
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def side_tables(metadata: MetaData) -> dict[str, Table]:
+    """The non-runs tables Agno keeps per session, with the columns an erase relies on."""
+    return {
+        "transcripts": Table(
+            "agno_transcripts", metadata,
+            Column("framework", String, primary_key=True), Column("project_key", String, primary_key=True),
+            Column("session_id", String, primary_key=True), Column("subpath", String, primary_key=True),
+            Column("position", BigInteger, primary_key=True), Column("entry", String, nullable=False),
+            Column("agno_session_id", String, nullable=False), Column("created_at", BigInteger, nullable=False),
+        ),
+        "compactions": Table(
+            "agno_compactions", metadata,
+            Column("compaction_id", String, primary_key=True), Column("session_id", String, nullable=False),
+            Column("archived_messages", String), Column("created_at", BigInteger, nullable=False),
+        ),
+        "tool_results": Table(
+            "agno_tool_results", metadata,
+            Column("result_id", String, primary_key=True), Column("namespace", String, nullable=False),
+            Column("path", String, nullable=False), Column("session_id", String, nullable=False),
+            Column("run_id", String, nullable=False), Column("preview", String, nullable=False),
+        ),
+        "traces": Table(
+            "agno_traces", metadata,
+            Column("trace_id", String, primary_key=True), Column("session_id", String), Column("name", String),
+        ),
+        "spans": Table(
+            "agno_spans", metadata,
+            Column("span_id", String, primary_key=True), Column("trace_id", String, nullable=False),
+            Column("attributes", JSON),
+        ),
+    }  # fmt: skip
+
+
+def payload_table(metadata: MetaData) -> Table:
+    return Table(
+        "agno_fs",
+        metadata,
+        Column("namespace", String, primary_key=True),
+        Column("path", String, primary_key=True),
+        Column("content", Text, nullable=False),
+    )
+
+
+class AgnoData:
+    """Writes Agno-shaped rows for a sessions table and every table that hangs off it."""
+
+    def __init__(self, database: Database, session_table: SessionTable):
+        self.database = database
+        self.sessions, self.runs = layout(database.settings, session_table)
+        self.side = side_tables(self.sessions.metadata)
+        payload_schema = database.payload_ref("agno_fs").schema
+        self.payloads = payload_table(MetaData(schema=payload_schema))
+
+    def create_all(self, *, with_side_tables: bool = True) -> None:
+        self.database.create_missing_tables()
+        if with_side_tables:
+            with self.database.engine.begin() as conn:
+                if self.payloads.schema:
+                    conn.exec_driver_sql(f'CREATE SCHEMA IF NOT EXISTS "{self.payloads.schema}"')
+                self.sessions.metadata.create_all(conn, tables=list(self.side.values()))
+                self.payloads.metadata.create_all(conn)
+
+    def add_session(self, session_id: str | None = None, *, runs: int = 2, everything: bool = True) -> str:
+        session_id = session_id or str(uuid.uuid4())
+        present = set(inspect(self.database.engine).get_table_names(schema=self.sessions.schema))
+        with self.database.engine.begin() as conn:
+            conn.execute(
+                insert(self.sessions),
+                {"session_id": session_id, "session_type": "agent", "created_at": now(),
+                 "session_data": {"state": f"secret of {session_id}"}},
+            )  # fmt: skip
+            for i in range(runs):
+                conn.execute(
+                    insert(self.runs),
+                    {"run_id": f"{session_id}-run-{i}", "session_id": session_id, "run_type": "agent",
+                     "run_index": i, "run_data": {"messages": [{"role": "user", "content": "hello"}]},
+                     "created_at": now()},
+                )  # fmt: skip
+            if not everything:
+                return session_id
+            side = {kind: t for kind, t in self.side.items() if t.name in present}
+            namespace = f"ns-{uuid.uuid4().hex[:8]}"
+            if "transcripts" in side:
+                conn.execute(insert(side["transcripts"]), {
+                    "framework": "claude", "project_key": "p", "session_id": f"ext-{session_id}", "subpath": "",
+                    "position": 0, "entry": "verbatim turn", "agno_session_id": session_id, "created_at": now()})
+            if "compactions" in side:
+                conn.execute(insert(side["compactions"]), {
+                    "compaction_id": f"{session_id}-c", "session_id": session_id,
+                    "archived_messages": "folded turns", "created_at": now()})
+            if "tool_results" in side:
+                conn.execute(insert(side["tool_results"]), {
+                    "result_id": f"{session_id}-t", "namespace": namespace, "path": f"{session_id}/out.txt",
+                    "session_id": session_id, "run_id": f"{session_id}-run-0", "preview": "tool output"})
+                conn.execute(insert(self.payloads), {
+                    "namespace": namespace, "path": f"{session_id}/out.txt", "content": "full tool output"})
+            if "traces" in side:
+                conn.execute(insert(side["traces"]), {"trace_id": f"{session_id}-tr", "session_id": session_id})
+                conn.execute(insert(side["spans"]), {
+                    "span_id": f"{session_id}-sp", "trace_id": f"{session_id}-tr", "attributes": {"input": "hi"}})
+        return session_id
+
+    def counts(self, session_id: str) -> dict[str, int]:
+        """Rows still held for a session, by kind (tables that do not exist count 0)."""
+        present = set(inspect(self.database.engine).get_table_names(schema=self.sessions.schema))
+        payload_present = inspect(self.database.engine).has_table("agno_fs", schema=self.payloads.schema)
+        result = {}
+        with self.database.engine.connect() as conn:
+            def count(table, *conditions):
+                return conn.execute(select(func.count()).select_from(table).where(*conditions)).scalar_one()
+
+            result["sessions"] = count(self.sessions, self.sessions.c.session_id == session_id)
+            result["runs"] = count(self.runs, self.runs.c.session_id == session_id)
+            side = self.side
+            if side["transcripts"].name in present:
+                result["transcripts"] = count(side["transcripts"], side["transcripts"].c.agno_session_id == session_id)
+            for kind in ("compactions", "tool_results", "traces"):
+                if side[kind].name in present:
+                    result[kind] = count(side[kind], side[kind].c.session_id == session_id)
+            if side["spans"].name in present:
+                result["spans"] = count(side["spans"], side["spans"].c.trace_id == f"{session_id}-tr")
+            if payload_present:
+                result["tool_result_payloads"] = count(self.payloads, self.payloads.c.path.like(f"{session_id}/%"))
+        return result
+
+
+def rows_mentioning(engine, text: str, *, schemas: tuple[str | None, ...] = (None,)) -> dict[str, int]:
+    """Every table in the database, every column, searched for ``text``: what residue is left."""
+    inspector = inspect(engine)
+    found = {}
+    with engine.connect() as conn:
+        for schema in schemas:
+            for name in inspector.get_table_names(schema=schema):
+                table = Table(name, MetaData(), schema=schema, autoload_with=conn)
+                conditions = [cast(c, Text).contains(text, autoescape=True) for c in table.columns]
+                hits = conn.execute(select(func.count()).select_from(table).where(or_(*conditions))).scalar_one()
+                if hits:
+                    found[f"{schema + '.' if schema else ''}{name}"] = hits
+    return found
