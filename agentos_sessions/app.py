@@ -19,6 +19,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
 
+from agentos_sessions import operators
 from agentos_sessions.contract import Contract
 from agentos_sessions.errors import register_error_renderer
 from agentos_sessions.security import bearer_handler_for, generate_key
@@ -81,6 +82,7 @@ def create_app(settings: Settings | None = None, *, contract: Contract | None = 
     app.add_url_rule("/openapi.json", "openapi_json", openapi_json, methods=["GET"])
     app.add_url_rule("/openapi.yaml", "openapi_yaml", openapi_yaml, methods=["GET"])
     register_error_renderer(app)
+    app.metrics = operators.install(app, settings, storage)
     app.storage = storage
     return app
 

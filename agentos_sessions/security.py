@@ -24,11 +24,30 @@ def key_fingerprint(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
-def bearer_handler_for(key: str) -> type[BearerSecurityHandler]:
-    expected = key.encode()
+def token_matches(token: str, key: str) -> bool:
+    return hmac.compare_digest(token.encode(), key.encode())
 
+
+def bearer_token(request) -> tuple[str | None, str | None]:
+    """(scheme, token) from the one Authorization header, or (None, None) without one.
+
+    Stricter than Connexion's default: one header, exactly "Bearer <token>" (scheme
+    case-insensitive, per RFC 7235), no spaces inside the token.
+    """
+    values = request.headers.getlist("Authorization")
+    if not values:
+        return None, None
+    if len(values) > 1:
+        raise OAuthProblem(detail="Only one Authorization header is allowed")
+    parts = values[0].split(" ")
+    if len(parts) != 2 or not parts[1]:
+        raise OAuthProblem(detail="Invalid authorization header")
+    return parts[0].lower(), parts[1]
+
+
+def bearer_handler_for(key: str) -> type[BearerSecurityHandler]:
     def verify_bearer(token: str) -> dict | None:
-        if hmac.compare_digest(token.encode(), expected):
+        if token_matches(token, key):
             return {"sub": key_fingerprint(key)}
         return None
 
@@ -36,18 +55,6 @@ def bearer_handler_for(key: str) -> type[BearerSecurityHandler]:
         def _resolve_func(self, security_scheme):
             return verify_bearer
 
-        @staticmethod
-        def get_auth_header_value(request):
-            # Stricter than Connexion's default: one header, exactly "Bearer <token>"
-            # (scheme case-insensitive, per RFC 7235), no spaces inside the token.
-            values = request.headers.getlist("Authorization")
-            if not values:
-                return None, None
-            if len(values) > 1:
-                raise OAuthProblem(detail="Only one Authorization header is allowed")
-            parts = values[0].split(" ")
-            if len(parts) != 2 or not parts[1]:
-                raise OAuthProblem(detail="Invalid authorization header")
-            return parts[0].lower(), parts[1]
+        get_auth_header_value = staticmethod(bearer_token)
 
     return KeyBearerHandler

@@ -30,9 +30,13 @@ ENV_SECURITY_KEY = "OS_SECURITY_KEY"
 ENV_HOST = "AGENTOS_SESSIONS_HOST"
 ENV_PORT = "AGENTOS_SESSIONS_PORT"
 ENV_WORKERS = "AGENTOS_SESSIONS_WORKERS"
+ENV_METRICS_PUBLIC = "AGENTOS_SESSIONS_METRICS_PUBLIC"
+ENV_AUDIT_TABLE = "AGENTOS_SESSIONS_AUDIT_TABLE"
+ENV_HEALTH_TIMEOUT = "AGENTOS_SESSIONS_HEALTH_TIMEOUT_MS"
 ENVIRONMENT_VARIABLES = (
     ENV_CONFIG, ENV_DB_URL, ENV_DB_ID, ENV_SESSION_TABLES, ENV_DB_SCHEMA, ENV_ERASE_TRACES,
     ENV_BUSY_TIMEOUT, ENV_VALIDATE_RESPONSES, ENV_SECURITY_KEY, ENV_HOST, ENV_PORT, ENV_WORKERS,
+    ENV_METRICS_PUBLIC, ENV_AUDIT_TABLE, ENV_HEALTH_TIMEOUT,
 )
 
 
@@ -85,6 +89,12 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = 7777
     workers: int = 1
+    # Operators: /metrics needs the bearer key unless this is set; an audit table, when
+    # named, receives one row per erase in the erase's own transaction; /health gives up
+    # on a database after this long.
+    metrics_public: bool = False
+    audit_table: str | None = None
+    health_timeout_ms: int = 2000
 
     def database(self, db_id: str) -> DatabaseSettings | None:
         return next((d for d in self.databases if d.id == db_id), None)
@@ -201,4 +211,7 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
         host=str(pick(ENV_HOST, "host", "127.0.0.1")),
         port=_as_int("port", pick(ENV_PORT, "port", 7777), 0),
         workers=_as_int("workers", pick(ENV_WORKERS, "workers", 1), 1),
+        metrics_public=_as_bool("metrics_public", pick(ENV_METRICS_PUBLIC, "metrics_public", False)),
+        audit_table=str(pick(ENV_AUDIT_TABLE, "audit_table", "")).strip() or None,
+        health_timeout_ms=_as_int("health_timeout_ms", pick(ENV_HEALTH_TIMEOUT, "health_timeout_ms", 2000), 1),
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 from sqlalchemy import Connection, column, delete, select, table, tuple_
 
@@ -35,7 +36,12 @@ def _table(ref: TableRef, *columns: str):
 
 
 def erase_session(
-    database: Database, session_table: SessionTable, session_id: str, *, erase_traces: bool = False
+    database: Database,
+    session_table: SessionTable,
+    session_id: str,
+    *,
+    erase_traces: bool = False,
+    in_transaction: Callable[[Connection, ErasedRows], None] | None = None,
 ) -> ErasedRows | None:
     """Erase one session. Returns what was erased, or None when no such session exists.
 
@@ -43,17 +49,26 @@ def erase_session(
     delete decides found or not found, and when it finds nothing the transaction is
     rolled back, so a not-found erase changes nothing even if orphans share the id.
     Every dependent table is handled explicitly, with or without a foreign key.
+    ``in_transaction`` runs after the session row is gone, before the commit (the
+    audit table uses it); if it raises, nothing is erased.
     """
     if "\x00" in session_id and not database.stores_nul:
         return None
     try:
-        return database.write(lambda conn: _erase(conn, database, session_table, session_id, erase_traces))
+        return database.write(
+            lambda conn: _erase(conn, database, session_table, session_id, erase_traces, in_transaction)
+        )
     except _NotFound:
         return None
 
 
 def _erase(
-    conn: Connection, database: Database, session_table: SessionTable, session_id: str, erase_traces: bool
+    conn: Connection,
+    database: Database,
+    session_table: SessionTable,
+    session_id: str,
+    erase_traces: bool,
+    in_transaction: Callable[[Connection, ErasedRows], None] | None = None,
 ) -> ErasedRows:
     sessions_ref = database.ref(session_table.name)
     runs_ref = database.ref(session_table.runs_table)
@@ -101,4 +116,6 @@ def _erase(
     if conn.execute(delete(sessions).where(sessions.c.session_id == session_id)).rowcount == 0:
         raise _NotFound
     erased.counts["sessions"] = 1
+    if in_transaction is not None:
+        in_transaction(conn, erased)
     return erased

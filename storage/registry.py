@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from agentos_sessions.settings import SessionTable, Settings
+from storage.audit import AuditEntry, audit_writer, create_audit_table
 from storage.database import Database
 from storage.erase import ErasedRows, SessionTableMissing, erase_session
 
@@ -45,6 +46,8 @@ class Storage:
         for database in self.databases.values():
             if database.settings.create_tables:
                 database.create_missing_tables()
+                if self.settings.audit_table:
+                    create_audit_table(database, self.settings.audit_table)
 
     def close(self) -> None:
         for database in self.databases.values():
@@ -75,10 +78,19 @@ class Storage:
             raise UnknownTable(f"No database with id '{database.id}' has table '{table}'")
         return Target(database, session_table, table_named_by_caller=True)
 
-    def erase(self, target: Target, session_id: str) -> ErasedRows | None:
+    def erase(self, target: Target, session_id: str, *, audit: AuditEntry | None = None) -> ErasedRows | None:
+        record = None
+        if audit is not None and self.settings.audit_table:
+            record = audit_writer(
+                target.database, self.settings.audit_table, target.session_table.name, session_id, audit
+            )
         try:
             return erase_session(
-                target.database, target.session_table, session_id, erase_traces=self.settings.erase_traces
+                target.database,
+                target.session_table,
+                session_id,
+                erase_traces=self.settings.erase_traces,
+                in_transaction=record,
             )
         except SessionTableMissing:
             if target.table_named_by_caller:

@@ -1,0 +1,283 @@
+"""What operators see of every request: its id, its metrics and, for deletes, its audit line.
+
+One ASGI middleware sits outside Connexion's exception handling, so it sees every
+response, errors included: it stamps ``X-Request-ID``, times the request, counts it,
+and for the delete operation writes the audit line. Connexion hands inner layers a copy
+of the scope, so a second, inner middleware reports what routing decided, and the
+handler reports what only it knows (the database and table it resolved, what storage
+erased), both through the ``RequestRecord`` of the current request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from urllib.parse import parse_qs
+
+from starlette.datastructures import MutableHeaders
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from agentos_sessions.errors import error_code_for
+from agentos_sessions.security import key_fingerprint
+from storage.audit import AuditEntry
+from storage.erase import ErasedRows
+
+REQUEST_ID_HEADER = "X-Request-ID"
+DELETE_OPERATION = "delete_session"
+AUDIT_LOGGER = "agentos_sessions.audit"
+MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
+
+audit_logger = logging.getLogger(AUDIT_LOGGER)
+
+# A caller's id is echoed into logs and headers, so only a plain token is accepted;
+# anything else is replaced rather than sanitised.
+_ACCEPTABLE_REQUEST_ID = re.compile(r"[A-Za-z0-9._:\-]{1,128}")
+# Caller-supplied values end up in log lines; they are logged, but never unbounded.
+_LOGGED_VALUE_LIMIT = 512
+
+
+def request_id_from(scope: Scope) -> str:
+    for name, value in scope.get("headers", ()):
+        if name == b"x-request-id":
+            text = value.decode("latin-1")
+            if _ACCEPTABLE_REQUEST_ID.fullmatch(text):
+                return text
+            break
+    return uuid.uuid4().hex
+
+
+@dataclass
+class RequestRecord:
+    """One request as operators see it: filled in from inside, read by the outer middleware."""
+
+    request_id: str
+    caller: str | None
+    operation: str = "unmatched"
+    session_id: str | None = None
+    db_id: str | None = None
+    table: str | None = None
+    # Set once storage has answered: the rows erased, or None for "no such session".
+    erased: ErasedRows | None = None
+    storage_answered: bool = False
+
+    def located(self, db_id: str, table: str) -> None:
+        self.db_id, self.table = db_id, table
+
+    def settled(self, erased: ErasedRows | None) -> None:
+        self.erased, self.storage_answered = erased, True
+
+    def audit_entry(self) -> AuditEntry:
+        return AuditEntry(request_id=self.request_id, caller=self.caller)
+
+
+_current_record: ContextVar[RequestRecord | None] = ContextVar("agentos_sessions_request", default=None)
+
+
+def current_request_record() -> RequestRecord:
+    """The record the middleware opened for this request, or a detached one outside it."""
+    return _current_record.get() or RequestRecord(request_id=uuid.uuid4().hex, caller=None)
+
+
+def multiprocess_metrics() -> bool:
+    return bool(os.environ.get(MULTIPROCESS_ENV))
+
+
+class Metrics:
+    """Prometheus metrics for one app.
+
+    Each app has its own registry, so apps built in one process (tests) never collide.
+    Under several workers (``PROMETHEUS_MULTIPROC_DIR`` set before any worker starts)
+    values go to per-process files and the exposition merges them, so any worker
+    answers for all.
+    """
+
+    def __init__(self) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry()
+        target = None if multiprocess_metrics() else self.registry
+        self.requests = Counter(
+            "agentos_sessions_http_requests",
+            "HTTP requests answered, by operation and status.",
+            ["operation", "status"],
+            registry=target,
+        )
+        self.latency = Histogram(
+            "agentos_sessions_http_request_duration_seconds",
+            "Time from request to the end of the response, by operation.",
+            ["operation"],
+            registry=target,
+        )
+        self.sessions_erased = Counter(
+            "agentos_sessions_sessions_erased",
+            "Sessions erased, by database id.",
+            ["db_id"],
+            registry=target,
+        )
+        self.rows_erased = Counter(
+            "agentos_sessions_dependent_rows_erased",
+            "Rows erased along with their session (runs, transcripts, ...), by database id and kind.",
+            ["db_id", "kind"],
+            registry=target,
+        )
+        self.errors = Counter(
+            "agentos_sessions_errors",
+            "Error responses, by the error_code their body carries.",
+            ["error_code"],
+            registry=target,
+        )
+
+    def exposition(self) -> tuple[bytes, str]:
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+
+        if multiprocess_metrics():
+            merged = CollectorRegistry()
+            multiprocess.MultiProcessCollector(merged)
+            return generate_latest(merged), CONTENT_TYPE_LATEST
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def observe(self, record: RequestRecord, status: int, seconds: float) -> None:
+        self.requests.labels(record.operation, str(status)).inc()
+        self.latency.labels(record.operation).observe(seconds)
+        if status >= 400:
+            # The renderer derives every body's error_code from the status the same way.
+            self.errors.labels(error_code_for(status)).inc()
+        if record.erased is not None:
+            self.sessions_erased.labels(record.db_id or "").inc()
+            for kind, count in record.erased.counts.items():
+                if kind != "sessions":
+                    self.rows_erased.labels(record.db_id or "", kind).inc(count)
+
+
+def prepare_multiprocess_dir(directory: str | None = None) -> str:
+    """Set up the shared metrics directory before workers start; stale files would double count."""
+    import tempfile
+
+    path = Path(directory or os.environ.get(MULTIPROCESS_ENV) or tempfile.mkdtemp(prefix="agentos-sessions-metrics-"))
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    os.environ[MULTIPROCESS_ENV] = str(path)
+    return str(path)
+
+
+def operation_of(scope: Scope) -> str | None:
+    """A bounded label: the spec's operationId, else the route's name, never the raw path."""
+    operation_id = scope.get("extensions", {}).get("connexion_routing", {}).get("operation_id")
+    if operation_id:
+        # The resolver qualifies it ("handlers.delete_session"); the spec's name is the last part.
+        return operation_id.rsplit(".", 1)[-1]
+    return getattr(scope.get("route"), "name", None)
+
+
+class RoutingObserver:
+    """Just after Connexion's routing: tells the current record which operation this is."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        record = _current_record.get()
+        if record is not None and scope["type"] == "http":
+            # Taken before going on: security may refuse the request right below.
+            record.operation = operation_of(scope) or record.operation
+            record.session_id = scope.get("path_params", {}).get("session_id")
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            if record is not None and scope["type"] == "http":
+                # Routes outside the spec are only matched further in, on this same scope.
+                record.operation = operation_of(scope) or record.operation
+
+
+def _clip(value: str | None) -> str | None:
+    if value is None or len(value) <= _LOGGED_VALUE_LIMIT:
+        return value
+    return value[:_LOGGED_VALUE_LIMIT] + "...(truncated)"
+
+
+def _first_query_value(scope: Scope, name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1"), keep_blank_values=True).get(name)
+    return values[0] if values else None
+
+
+def audit_record(scope: Scope, record: RequestRecord, status: int, seconds: float) -> dict:
+    """The audit line's fields: identifiers and counts only, never conversation content or the key."""
+    if record.storage_answered:
+        outcome = "erased" if record.erased is not None else "not_found"
+    else:
+        outcome = error_code_for(status)
+    return {
+        "event": "session.delete",
+        "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "request_id": record.request_id,
+        # Only a request that passed security is known to come from the key's holder.
+        "caller": record.caller if status != 401 else None,
+        # What the handler resolved, else what the caller asked for.
+        "db_id": _clip(record.db_id if record.db_id is not None else _first_query_value(scope, "db_id")),
+        "table": _clip(record.table if record.table is not None else _first_query_value(scope, "table")),
+        "session_id": _clip(record.session_id),
+        "outcome": outcome,
+        "status": status,
+        "rows_erased": dict(record.erased.counts) if record.erased is not None else {},
+        "duration_ms": round(seconds * 1000, 3),
+    }
+
+
+class OperatorMiddleware:
+    """Outermost of the app's own layers: request ids, metrics and the audit line."""
+
+    def __init__(self, app: ASGIApp, *, metrics: Metrics, security_key: str) -> None:
+        self.app = app
+        self.metrics = metrics
+        # Any request that gets past security was made with this key: it is the only one.
+        self.caller = key_fingerprint(security_key)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = request_id_from(scope)
+        record = RequestRecord(request_id=request_id, caller=self.caller)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                MutableHeaders(scope=message)[REQUEST_ID_HEADER] = request_id
+            await send(message)
+
+        started = time.perf_counter()
+        token = _current_record.set(record)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            _current_record.reset(token)
+            seconds = time.perf_counter() - started
+            self.metrics.observe(record, status, seconds)
+            if record.operation == DELETE_OPERATION:
+                audit_logger.info(json.dumps(audit_record(scope, record, status, seconds), ensure_ascii=False))
+
+
+def logging_config(level: str = "info") -> dict:
+    """uvicorn's logging, plus this service's loggers; audit lines go to stdout as bare JSON."""
+    import copy
+
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["formatters"]["audit"] = {"format": "%(message)s"}
+    config["handlers"]["audit"] = {"formatter": "audit", "class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
+    config["loggers"][AUDIT_LOGGER] = {"handlers": ["audit"], "level": "INFO", "propagate": False}
+    for name in ("agentos_sessions", "storage"):
+        config["loggers"][name] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config

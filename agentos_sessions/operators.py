@@ -1,0 +1,51 @@
+"""What the service offers its operators besides the contract: /health, /metrics, /docs,
+request ids and the audit trail, installed on an app in one call."""
+
+from __future__ import annotations
+
+from connexion.middleware import MiddlewarePosition
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from agentos_sessions import docs_ui
+from agentos_sessions.errors import ApiError, error_body
+from agentos_sessions.health import HealthCheck, unhealthy_detail
+from agentos_sessions.observability import Metrics, OperatorMiddleware, RoutingObserver
+from agentos_sessions.security import bearer_token, token_matches
+from agentos_sessions.settings import Settings
+from storage import Storage
+
+
+def install(app, settings: Settings, storage: Storage) -> Metrics:
+    metrics = Metrics()
+    health = HealthCheck(storage.databases.values(), settings.health_timeout_ms / 1000)
+
+    async def health_endpoint(_request: Request) -> Response:
+        results = await health.check()
+        detail = unhealthy_detail(results, health.timeout)
+        if detail is not None:
+            # The renderer's body, without its error log: an unavailable database is
+            # reported by the probe that found it, not once more per poll.
+            return Response(error_body(ApiError(503, detail)), status_code=503, media_type="application/json")
+        return JSONResponse({"status": "ok", "databases": results})
+
+    def metrics_endpoint(request: Request) -> Response:
+        if not settings.metrics_public:
+            scheme, token = bearer_token(request)
+            if scheme != "bearer" or not token_matches(token, settings.security_key):
+                raise ApiError(401, "A valid bearer token is required for /metrics")
+        body, content_type = metrics.exposition()
+        return Response(body, media_type=content_type)
+
+    # Outside the exception middleware, so error responses get request ids and are counted.
+    app.add_middleware(
+        OperatorMiddleware,
+        position=MiddlewarePosition.BEFORE_EXCEPTION,
+        metrics=metrics,
+        security_key=settings.security_key,
+    )
+    app.add_middleware(RoutingObserver, position=MiddlewarePosition.BEFORE_SECURITY)
+    app.add_url_rule("/health", "health", health_endpoint, methods=["GET"])
+    app.add_url_rule("/metrics", "metrics", metrics_endpoint, methods=["GET"])
+    docs_ui.install(app)
+    return metrics

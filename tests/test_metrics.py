@@ -1,0 +1,111 @@
+"""GET /metrics: Prometheus text, protected by the bearer key unless opened by a setting,
+counting requests, latency, erasures by kind and errors by error_code."""
+
+from __future__ import annotations
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from agentos_sessions.observability import REQUEST_ID_HEADER
+from tests.support import AUTH, AgnoData, assert_spec_error
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+
+def samples(response) -> dict[tuple[str, frozenset], float]:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("text/plain; version=")
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+    }
+
+
+def value(metrics: dict, name: str, **labels) -> float:
+    return metrics.get((name, frozenset(labels.items())), 0.0)
+
+
+def seeded(client) -> tuple[AgnoData, str]:
+    database = next(iter(client.storage.databases.values()))
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all()
+    return data, data.add_session(runs=3)
+
+
+def test_metrics_need_the_bearer_key(make_client):
+    client = make_client()
+    assert_spec_error(client.get("/metrics"), 401, "UNAUTHENTICATED")
+    assert_spec_error(client.get("/metrics", headers={"Authorization": "Bearer wrong"}), 401, "UNAUTHENTICATED")
+    assert_spec_error(client.get("/metrics", headers={"Authorization": "Basic abc"}), 401, "UNAUTHENTICATED")
+    assert client.get("/metrics", headers=AUTH).status_code == 200
+
+
+def test_metrics_public_setting_opens_them(make_client):
+    client = make_client(metrics_public=True)
+    assert client.get("/metrics").status_code == 200
+
+
+def test_counts_requests_erasures_and_errors(make_client):
+    client = make_client()
+    data, session_id = seeded(client)
+    expected_rows = {kind: n for kind, n in data.counts(session_id).items() if kind not in ("sessions", "traces", "spans")}
+
+    assert client.delete(f"/sessions/{session_id}", headers=AUTH).status_code == 204
+    assert client.delete(f"/sessions/{session_id}", headers=AUTH).status_code == 404
+    assert client.delete(f"/sessions/{session_id}").status_code == 401
+    assert client.delete(f"/sessions/{session_id}?db_id=nope", headers=AUTH).status_code == 404
+    assert client.delete(f"/sessions/{session_id}?table=agno_sessions", headers=AUTH).status_code == 400
+
+    metrics = samples(client.get("/metrics", headers=AUTH))
+    requests = "agentos_sessions_http_requests_total"
+    assert value(metrics, requests, operation="delete_session", status="204") == 1
+    assert value(metrics, requests, operation="delete_session", status="404") == 2
+    assert value(metrics, requests, operation="delete_session", status="401") == 1
+    assert value(metrics, requests, operation="delete_session", status="400") == 1
+    assert value(metrics, "agentos_sessions_http_request_duration_seconds_count", operation="delete_session") == 5
+    assert value(metrics, "agentos_sessions_sessions_erased_total", db_id="default") == 1
+    assert expected_rows["runs"] == 3
+    for kind, count in expected_rows.items():
+        assert value(metrics, "agentos_sessions_dependent_rows_erased_total", db_id="default", kind=kind) == count, kind
+    errors = "agentos_sessions_errors_total"
+    assert value(metrics, errors, error_code="NOT_FOUND") == 2
+    assert value(metrics, errors, error_code="UNAUTHENTICATED") == 1
+    assert value(metrics, errors, error_code="BAD_REQUEST") == 1
+
+
+def test_labels_never_carry_raw_paths(make_client):
+    client = make_client(metrics_public=True)
+    client.get("/no/such/place-1")
+    client.get("/no/such/place-2")
+    client.get("/health")
+
+    text = client.get("/metrics").text
+    assert "place-1" not in text and "place-2" not in text
+    metrics = samples(client.get("/metrics"))
+    assert value(metrics, "agentos_sessions_http_requests_total", operation="unmatched", status="404") == 2
+    assert value(metrics, "agentos_sessions_http_requests_total", operation="health", status="200") == 1
+
+
+def test_every_response_carries_a_request_id(make_client):
+    client = make_client()
+    responses = [
+        client.delete("/sessions/x", headers=AUTH),  # 404
+        client.delete("/sessions/x"),  # 401
+        client.get("/sessions/x"),  # 405
+        client.get("/nowhere"),  # 404 from routing
+        client.get("/health"),
+        client.get("/openapi.yaml"),
+    ]
+    ids = [r.headers.get(REQUEST_ID_HEADER) for r in responses]
+    assert all(ids), ids
+    assert len(set(ids)) == len(ids)
+
+
+def test_a_plain_incoming_request_id_is_kept_and_anything_else_replaced(make_client):
+    client = make_client()
+    kept = client.delete("/sessions/x", headers={**AUTH, REQUEST_ID_HEADER: "trace-42.a:b"})
+    assert kept.headers[REQUEST_ID_HEADER] == "trace-42.a:b"
+    for hostile in ("has space", "x" * 200, "line\tbreak", ""):
+        replaced = client.delete("/sessions/x", headers={**AUTH, REQUEST_ID_HEADER: hostile})
+        assert replaced.headers[REQUEST_ID_HEADER] not in (hostile, "")
