@@ -6,7 +6,9 @@ import time
 import uuid
 
 import jsonschema
-from sqlalchemy import JSON, BigInteger, Column, MetaData, String, Table, Text, inspect, insert, select, func, or_, cast
+from sqlalchemy import (
+    JSON, BigInteger, Column, MetaData, PrimaryKeyConstraint, String, Table, Text, cast, func, insert, inspect, or_, select,
+)
 
 from agentos_sessions.contract import Contract
 from agentos_sessions.settings import SessionTable
@@ -80,12 +82,19 @@ def side_tables(metadata: MetaData) -> dict[str, Table]:
 
 
 def payload_table(metadata: MetaData) -> Table:
+    """Agno's file-system table (agno/fs/db.py), where offloaded tool results live."""
     return Table(
         "agno_fs",
         metadata,
-        Column("namespace", String, primary_key=True),
-        Column("path", String, primary_key=True),
+        Column("namespace", String, nullable=False),
+        Column("path", String, nullable=False),
         Column("content", Text, nullable=False),
+        Column("size_bytes", BigInteger, nullable=False, default=0),
+        Column("version", BigInteger, nullable=False, default=1),
+        Column("created_at", BigInteger, nullable=False, default=0),
+        Column("updated_at", BigInteger),
+        Column("user_id", String, nullable=False, server_default=""),
+        PrimaryKeyConstraint("namespace", "user_id", "path", name="pk_agno_fs"),
     )
 
 
