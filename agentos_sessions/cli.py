@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 
 from agentos_sessions.settings import (
@@ -60,6 +61,7 @@ def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from agentos_sessions.app import announce_generated_key
+    from agentos_sessions.observability import logging_config, prepare_multiprocess_dir
     from storage import Storage
 
     # Workers are separate processes that rebuild settings from the environment, so
@@ -74,6 +76,10 @@ def _serve(args: argparse.Namespace) -> int:
     storage = Storage(settings)
     storage.start()
     storage.close()
+    metrics_dir = None
+    if settings.workers > 1:
+        # Each worker counts in files here, so /metrics from any worker reports all of them.
+        metrics_dir = prepare_multiprocess_dir()
     uvicorn.run(
         FACTORY,
         factory=True,
@@ -81,8 +87,11 @@ def _serve(args: argparse.Namespace) -> int:
         port=settings.port,
         workers=settings.workers,
         log_level=args.log_level,
+        log_config=logging_config(args.log_level),
         access_log=not args.no_access_log,
     )
+    if metrics_dir is not None:
+        shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0
 
 

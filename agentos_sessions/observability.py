@@ -157,16 +157,24 @@ class Metrics:
                     self.rows_erased.labels(record.db_id or "", kind).inc(count)
 
 
-def prepare_multiprocess_dir(directory: str | None = None) -> str:
-    """Set up the shared metrics directory before workers start; stale files would double count."""
+def prepare_multiprocess_dir() -> str | None:
+    """Set up the shared metrics directory before workers start; stale files would double count.
+
+    Returns the directory when it was made here (the caller removes it after serving),
+    None when the operator named one in PROMETHEUS_MULTIPROC_DIR.
+    """
     import tempfile
 
-    path = Path(directory or os.environ.get(MULTIPROCESS_ENV) or tempfile.mkdtemp(prefix="agentos-sessions-metrics-"))
-    path.mkdir(parents=True, exist_ok=True)
-    for stale in path.glob("*.db"):
-        stale.unlink()
-    os.environ[MULTIPROCESS_ENV] = str(path)
-    return str(path)
+    named = os.environ.get(MULTIPROCESS_ENV)
+    if named:
+        path = Path(named)
+        path.mkdir(parents=True, exist_ok=True)
+        for stale in path.glob("*.db"):
+            stale.unlink()
+        return None
+    made = tempfile.mkdtemp(prefix="agentos-sessions-metrics-")
+    os.environ[MULTIPROCESS_ENV] = made
+    return made
 
 
 def operation_of(scope: Scope) -> str | None:
