@@ -1,0 +1,1 @@
+"""The benchmark for DELETE /sessions/{session_id}; run with ``python -m bench``."""
