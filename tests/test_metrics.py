@@ -109,3 +109,32 @@ def test_a_plain_incoming_request_id_is_kept_and_anything_else_replaced(make_cli
     for hostile in ("has space", "x" * 200, "line\tbreak", ""):
         replaced = client.delete("/sessions/x", headers={**AUTH, REQUEST_ID_HEADER: hostile})
         assert replaced.headers[REQUEST_ID_HEADER] not in (hostile, "")
+
+
+@pytest.mark.live
+def test_two_workers_report_the_same_totals_and_log_every_attempt(tmp_path, make_database_settings):
+    """Under `serve --workers 2`, any worker's /metrics counts the requests of both."""
+    import httpx
+
+    from tests.live_server import LiveServer, database_toml
+    from tests.support import KEY
+
+    with LiveServer(tmp_path, database_toml(make_database_settings()), workers=2) as server:
+        ids = server.seed(12, runs=2)
+        for session_id in ids:
+            # A connection per request, so the kernel may hand each to either worker.
+            with httpx.Client(base_url=server.url, headers=AUTH) as http:
+                assert http.delete(f"/sessions/{session_id}").status_code == 204
+        scrapes = []
+        for _ in range(6):
+            with httpx.Client(base_url=server.url, headers=AUTH) as http:
+                scrapes.append(samples(http.get("/metrics")))
+    log = server.log.read_text()
+
+    for metrics in scrapes:
+        assert value(metrics, "agentos_sessions_http_requests_total", operation="delete_session", status="204") == 12
+        assert value(metrics, "agentos_sessions_sessions_erased_total", db_id="default") == 12
+        assert value(metrics, "agentos_sessions_dependent_rows_erased_total", db_id="default", kind="runs") == 24
+    audit = [line for line in log.splitlines() if '"event": "session.delete"' in line]
+    assert len(audit) == 12 and all('"outcome": "erased"' in line for line in audit)
+    assert KEY not in log
