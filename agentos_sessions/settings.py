@@ -33,10 +33,11 @@ ENV_WORKERS = "AGENTOS_SESSIONS_WORKERS"
 ENV_METRICS_PUBLIC = "AGENTOS_SESSIONS_METRICS_PUBLIC"
 ENV_AUDIT_TABLE = "AGENTOS_SESSIONS_AUDIT_TABLE"
 ENV_HEALTH_TIMEOUT = "AGENTOS_SESSIONS_HEALTH_TIMEOUT_MS"
+ENV_GROUP_COMMIT = "AGENTOS_SESSIONS_GROUP_COMMIT"
 ENVIRONMENT_VARIABLES = (
     ENV_CONFIG, ENV_DB_URL, ENV_DB_ID, ENV_SESSION_TABLES, ENV_DB_SCHEMA, ENV_ERASE_TRACES,
     ENV_BUSY_TIMEOUT, ENV_VALIDATE_RESPONSES, ENV_SECURITY_KEY, ENV_HOST, ENV_PORT, ENV_WORKERS,
-    ENV_METRICS_PUBLIC, ENV_AUDIT_TABLE, ENV_HEALTH_TIMEOUT,
+    ENV_METRICS_PUBLIC, ENV_AUDIT_TABLE, ENV_HEALTH_TIMEOUT, ENV_GROUP_COMMIT,
 )
 
 
@@ -95,6 +96,9 @@ class Settings:
     metrics_public: bool = False
     audit_table: str | None = None
     health_timeout_ms: int = 2000
+    # Concurrent erases in one worker share one durable commit, each in its own
+    # savepoint, every answer given only after that commit (storage/group_commit.py).
+    group_commit: bool = True
 
     def database(self, db_id: str) -> DatabaseSettings | None:
         return next((d for d in self.databases if d.id == db_id), None)
@@ -214,4 +218,5 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
         metrics_public=_as_bool("metrics_public", pick(ENV_METRICS_PUBLIC, "metrics_public", False)),
         audit_table=str(pick(ENV_AUDIT_TABLE, "audit_table", "")).strip() or None,
         health_timeout_ms=_as_int("health_timeout_ms", pick(ENV_HEALTH_TIMEOUT, "health_timeout_ms", 2000), 1),
+        group_commit=_as_bool("group_commit", pick(ENV_GROUP_COMMIT, "group_commit", True)),
     )

@@ -13,6 +13,7 @@ from sqlalchemy.schema import CreateSchema
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 
 from agentos_sessions.settings import DatabaseSettings
+from storage.group_commit import GroupCommit
 from storage.schema import POSTGRES_PAYLOAD_SCHEMA, TableRef, layout
 
 logger = logging.getLogger("storage")
@@ -42,11 +43,12 @@ def _is_missing_table(exc: DBAPIError) -> bool:
 
 
 class Database:
-    def __init__(self, settings: DatabaseSettings, *, busy_timeout_ms: int = 5000):
+    def __init__(self, settings: DatabaseSettings, *, busy_timeout_ms: int = 5000, group_commit: bool = False):
         self.settings = settings
         self.id = settings.id
         self.engine: Engine = _make_engine(settings.url, busy_timeout_ms)
         self.dialect = self.engine.dialect.name
+        self.group_commit = GroupCommit(self) if group_commit else None
         # Tables seen to exist. Tables appear over time (Agno creates them lazily) but
         # are not expected to disappear, so only absent ones are looked up again.
         self._present: set[TableRef] = set()
@@ -112,6 +114,16 @@ class Database:
                 raise
         raise AssertionError("unreachable")
 
+    def write_shared(self, work: Callable[[Connection], T]) -> T:
+        """Like ``write``, but concurrent callers may share one commit (group commit).
+
+        Only for work that is correct inside a savepoint of a shared transaction and
+        returns or raises the same way as alone; see ``storage/group_commit.py``.
+        """
+        if self.group_commit is None:
+            return self.write(work)
+        return self.group_commit.run(work)
+
     def ping(self) -> None:
         with self.engine.connect() as conn:
             conn.execute(text("SELECT 1"))
@@ -128,6 +140,8 @@ class Database:
         self._present.clear()
 
     def dispose(self) -> None:
+        if self.group_commit is not None:
+            self.group_commit.close()
         self.engine.dispose()
 
 

@@ -55,7 +55,7 @@ def erase_session(
     if "\x00" in session_id and not database.stores_nul:
         return None
     try:
-        return database.write(
+        return database.write_shared(
             lambda conn: _erase(conn, database, session_table, session_id, erase_traces, in_transaction)
         )
     except _NotFound:

@@ -39,7 +39,8 @@ class Storage:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.databases = {
-            db.id: Database(db, busy_timeout_ms=settings.busy_timeout_ms) for db in settings.databases
+            db.id: Database(db, busy_timeout_ms=settings.busy_timeout_ms, group_commit=settings.group_commit)
+            for db in settings.databases
         }
 
     def start(self) -> None:

@@ -1,0 +1,203 @@
+"""Group commit: concurrent erases share a commit and every answer stays exactly right."""
+
+from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
+
+import pytest
+from sqlalchemy import event, text
+
+from storage import erase_session
+from tests.support import CONVERSATION_KINDS, AgnoData
+
+pytestmark = pytest.mark.usefixtures("backend")
+
+
+@pytest.fixture
+def database(make_database_settings):
+    from storage import Database
+
+    database = Database(make_database_settings(), busy_timeout_ms=2000, group_commit=True)
+    yield database
+    database.dispose()
+
+
+@pytest.fixture
+def data(database):
+    agno = AgnoData(database, database.settings.default_session_table)
+    agno.create_all()
+    return agno
+
+
+def erase(database, session_id):
+    return erase_session(database, database.settings.default_session_table, session_id, erase_traces=True)
+
+
+@contextmanager
+def writer_held(database):
+    """Keep the writer thread busy in a transaction, so everything sent meanwhile queues
+    up and is committed together as the next batch."""
+    entered, release = threading.Event(), threading.Event()
+
+    def hold(_conn):
+        entered.set()
+        release.wait(10)
+
+    holder = threading.Thread(target=database.write_shared, args=(hold,))
+    holder.start()
+    assert entered.wait(10)
+    try:
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
+def run_concurrently(database, ids, *, queued=None):
+    """Erase each id from its own thread, while the writer is held; return {index: result}."""
+    results: dict[int, object] = {}
+
+    def one(index, session_id):
+        try:
+            results[index] = erase(database, session_id)
+        except Exception as exc:  # noqa: BLE001 - the test inspects it
+            results[index] = exc
+
+    threads = [threading.Thread(target=one, args=(i, sid)) for i, sid in enumerate(ids)]
+    with writer_held(database):
+        for thread in threads:
+            thread.start()
+        # Everything is queued behind the held transaction before it ends.
+        while database.group_commit._queue.qsize() < len(ids):
+            threading.Event().wait(0.005)
+        if queued is not None:
+            queued()
+    for thread in threads:
+        thread.join()
+    return results
+
+
+def test_concurrent_erases_share_one_commit_and_each_id_succeeds_exactly_once(database, data):
+    ids = [data.add_session(runs=3) for _ in range(8)]
+    # Every id asked for three times, interleaved, plus ids that never existed.
+    asked = ids * 3 + ["missing-1", "missing-2"]
+    batches_before = database.group_commit.batches
+
+    results = run_concurrently(database, asked)
+
+    assert database.group_commit.batches - batches_before == 2  # the held one, then all of these
+    for session_id in ids:
+        outcomes = [results[i] for i, sid in enumerate(asked) if sid == session_id]
+        found = [r for r in outcomes if r is not None]
+        assert len(found) == 1, outcomes
+        assert found[0].counts["runs"] == 3 and found[0].counts["sessions"] == 1
+        assert [data.counts(session_id)[k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS)
+    assert results[len(asked) - 1] is None and results[len(asked) - 2] is None
+
+
+def test_not_found_in_a_batch_rolls_back_only_its_own_work(database, data):
+    """The orphan's dependents are deleted inside its savepoint, then restored by the
+    rollback, while the erase sharing the commit with it keeps its effect."""
+    orphan_id = "orphan"
+    with database.engine.begin() as conn:
+        conn.execute(data.side["transcripts"].insert(), {
+            "framework": "f", "project_key": "p", "session_id": "ext", "subpath": "", "position": 0,
+            "entry": "e", "agno_session_id": orphan_id, "created_at": 1})  # fmt: skip
+    real = data.add_session(runs=2)
+
+    results = run_concurrently(database, [orphan_id, real])
+
+    assert results[0] is None
+    assert data.counts(orphan_id)["transcripts"] == 1
+    assert results[1] is not None and data.counts(real)["sessions"] == 0
+
+
+def test_nobody_is_answered_before_the_shared_commit(database, data):
+    ids = [data.add_session(runs=1) for _ in range(5)]
+    answered_at_commit = []
+    results: dict[int, object] = {}
+
+    @event.listens_for(database.engine, "commit")
+    def on_commit(_conn):
+        answered_at_commit.append(len(results))
+
+    def queued():
+        # Armed only now: results fill in as callers return, and must still be empty
+        # when the commit that covers them starts.
+        answered_at_commit.clear()
+
+    def one(index, session_id):
+        results[index] = erase(database, session_id)
+
+    threads = [threading.Thread(target=one, args=(i, sid)) for i, sid in enumerate(ids)]
+    with writer_held(database):
+        for thread in threads:
+            thread.start()
+        while database.group_commit._queue.qsize() < len(ids):
+            threading.Event().wait(0.005)
+        queued()
+    for thread in threads:
+        thread.join()
+    event.remove(database.engine, "commit", on_commit)
+    assert answered_at_commit and answered_at_commit[0] == 0
+    assert all(results[i] is not None for i in range(len(ids)))
+
+
+def test_a_database_error_in_one_erase_fails_only_that_erase(database, data, backend):
+    doomed, fine = data.add_session(runs=2), data.add_session(runs=2)
+    with database.engine.begin() as conn:
+        if backend == "sqlite":
+            conn.execute(text(
+                f"CREATE TRIGGER refuse BEFORE DELETE ON agno_compactions WHEN old.session_id = '{doomed}' "
+                "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
+            ))  # fmt: skip
+        else:
+            schema = database.settings.schema
+            conn.execute(text(
+                f"CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+                f"$$ BEGIN IF old.session_id = '{doomed}' THEN RAISE EXCEPTION 'disk on fire'; END IF; "
+                "RETURN old; END $$"
+            ))  # fmt: skip
+            conn.execute(text(
+                f"CREATE TRIGGER refuse BEFORE DELETE ON {schema}.agno_compactions "
+                f"FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
+            ))  # fmt: skip
+    before = data.counts(doomed)
+
+    results = run_concurrently(database, [doomed, fine])
+
+    assert isinstance(results[0], Exception) and "disk on fire" in str(results[0])
+    assert data.counts(doomed) == before  # nothing half done
+    assert results[1] is not None and data.counts(fine)["sessions"] == 0
+
+
+def test_a_failed_shared_commit_retries_each_erase_alone(database, data, monkeypatch):
+    ids = [data.add_session(runs=1) for _ in range(4)]
+    real_transaction = database._transaction
+    failures = []
+
+    @contextmanager
+    def failing_once():
+        with real_transaction() as conn:
+            yield conn
+            if not failures:
+                failures.append(True)
+                # Raised before COMMIT, so the whole shared transaction rolls back.
+                raise RuntimeError("commit refused")
+
+    def queued():
+        monkeypatch.setattr(database, "_transaction", failing_once)
+
+    results = run_concurrently(database, ids, queued=queued)
+
+    assert failures == [True]
+    assert all(results[i] is not None for i in range(len(ids))), results
+    assert all(data.counts(sid)["sessions"] == 0 for sid in ids)
+
+
+def test_after_close_erases_still_work_alone(database, data):
+    database.group_commit.close()
+    session_id = data.add_session(runs=1)
+    assert erase(database, session_id) is not None
+    assert data.counts(session_id)["sessions"] == 0
