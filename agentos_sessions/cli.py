@@ -54,6 +54,22 @@ def _parser() -> argparse.ArgumentParser:
     seed.add_argument("--runs", type=int, default=3, help="runs per session (default 3)")
     seed.add_argument("--db-id", help="database id (default: the first configured database)")
     seed.add_argument("--table", help="sessions table (default: the database's first sessions table)")
+
+    check = commands.add_parser(
+        "check",
+        help="judge a running server against the contract and print a report",
+        description="Run the project's contract suite (schemathesis, every check, schemathesis.toml) against "
+        "any server claiming this spec, plus delete → 204 → 404 on disposable ids. Exit 0 only when clean.",
+    )
+    check.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:7777")
+    check.add_argument("--token", help=f"its bearer key (default: env {ENV_SECURITY_KEY})")
+    check.add_argument("--spec", help="the contract to judge by (default: this project's openapi.yaml)")
+    check.add_argument(
+        "--ids-file", help="disposable session ids, one per line ('-' for stdin); they will be deleted"
+    )
+    check.add_argument("--max-examples", type=int, default=100, help="schemathesis cases per phase (default 100)")
+    check.add_argument("--seed", type=int, default=1, help="schemathesis seed, for a reproducible run (default 1)")
+    check.add_argument("--report-dir", help="keep schemathesis's own reports (JSON, JUnit, HAR) in this directory")
     return parser
 
 
@@ -112,6 +128,10 @@ def _seed(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
+        if args.command == "check":
+            from agentos_sessions.check import main as check_main
+
+            return check_main(args)
         if args.command == "serve":
             return _serve(args)
         return _seed(args)

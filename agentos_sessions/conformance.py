@@ -11,8 +11,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Sequence
 
 from agentos_sessions.contract import contract_path
 
@@ -51,6 +53,8 @@ class RunResult:
     returncode: int
     output: str
     report: dict
+    # Where any extra report formats asked for were written (junit, har, ...).
+    report_dir: Path | None = None
 
 
 def run_schemathesis(
@@ -64,18 +68,58 @@ def run_schemathesis(
     seed: int = 1,
     extra_args: list[str] = (),
     timeout: float = 900,
+    reports: Sequence[str] = (),
+    on_line: Callable[[str], None] | None = None,
 ) -> RunResult:
-    """Run ``schemathesis run`` and return its exit code, console output and JSON report."""
+    """Run ``schemathesis run`` and return its exit code, console output and JSON report.
+
+    ``reports`` adds report formats (written under ``report_dir``); ``on_line`` receives
+    the console output line by line while it runs, for a progress display.
+    """
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / CONFIG_FILENAME
     config_file.write_text(compose_config(list(disposable_ids)))
     report_file = workdir / "report.json"
+    report_dir = workdir / "reports"
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config_file), "run", str(spec or contract_path()),
         "--url", url, "--seed", str(seed), "--max-examples", str(max_examples),
-        "--report", "json", "--report-json-path", str(report_file), "--no-color", *extra_args,
+        "--report", ",".join(["json", *reports]), "--report-dir", str(report_dir),
+        "--report-json-path", str(report_file), "--no-color", *extra_args,
     ]  # fmt: skip
     env = {**os.environ, TOKEN_ENV: token}
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+    if on_line is None:
+        done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout, cwd=workdir)
+        returncode, output = done.returncode, done.stdout + done.stderr
+    else:
+        returncode, output = _streamed(command, env, workdir, timeout, on_line)
     report = json.loads(report_file.read_text()) if report_file.exists() else {}
-    return RunResult(done.returncode, done.stdout + done.stderr, report)
+    return RunResult(returncode, output, report, report_dir)
+
+
+def _streamed(command: list[str], env: dict, cwd: Path, timeout: float, on_line: Callable[[str], None]):
+    lines: list[str] = []
+    # Piped, Python would hold the output back until exit; progress needs it line by line.
+    env = {**env, "PYTHONUNBUFFERED": "1"}
+    with subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        timed_out = threading.Event()
+
+        def stop() -> None:
+            timed_out.set()
+            process.kill()
+
+        # The same bound as the captured run: past it, the run is stopped, not waited for.
+        deadline = threading.Timer(timeout, stop)
+        deadline.start()
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                on_line(line.rstrip("\n"))
+        finally:
+            deadline.cancel()
+        process.wait()
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(command, timeout, output="".join(lines))
+    return process.returncode, "".join(lines)
