@@ -16,6 +16,7 @@ from connexion import AsyncApp  # noqa: E402
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 from starlette.concurrency import run_in_threadpool
+from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -25,6 +26,16 @@ from agentos_sessions.errors import register_error_renderer
 from agentos_sessions.security import bearer_handler_for, generate_key
 from agentos_sessions.settings import ENV_SECURITY_KEY, Settings, load_settings
 from storage import Storage
+
+
+class _AnyPathConvertor(PathConvertor):
+    regex = "(?s:.*)"
+
+
+# Connexion mounts the API, and Starlette's mount pattern ("path" convertor, ".*") stops
+# at a newline, so a session id holding one could never be erased. Routing must match
+# every id the database can hold; registered before any app compiles its routes.
+register_url_convertor("path", _AnyPathConvertor())
 
 
 def announce_generated_key(settings: Settings, stream=sys.stderr) -> Settings:

@@ -18,6 +18,7 @@ from agentos_sessions.settings import (
 )
 
 FACTORY = "agentos_sessions.app:create_app_from_environment"
+HTTP_PROTOCOL = "agentos_sessions.http_protocol:BoundedHttpToolsProtocol"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -105,6 +106,8 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_config=logging_config(args.log_level),
         access_log=not args.no_access_log,
+        # Bounded request heads, and JSON errors for requests the app never sees.
+        http=HTTP_PROTOCOL,
     )
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)

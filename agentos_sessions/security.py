@@ -39,7 +39,9 @@ def bearer_token(request) -> tuple[str | None, str | None]:
         return None, None
     if len(values) > 1:
         raise OAuthProblem(detail="Only one Authorization header is allowed")
-    parts = values[0].split(" ")
+    # Whitespace around a field value is not part of it (RFC 9112, section 5); uvicorn's
+    # httptools parser keeps trailing whitespace, so it is dropped here.
+    parts = values[0].strip(" \t").split(" ")
     if len(parts) != 2 or not parts[1]:
         raise OAuthProblem(detail="Invalid authorization header")
     return parts[0].lower(), parts[1]
