@@ -52,6 +52,8 @@ class Database:
         # Tables seen to exist. Tables appear over time (Agno creates them lazily) but
         # are not expected to disappear, so only absent ones are looked up again.
         self._present: set[TableRef] = set()
+        self._absent: set[TableRef] = set()
+        self._schema_version: int | None = None
 
     def ref(self, name: str) -> TableRef:
         return TableRef(self.settings.schema if self.dialect != "sqlite" else None, name)
@@ -66,9 +68,20 @@ class Database:
 
     def existing(self, conn: Connection, refs: Iterable[TableRef]) -> set[TableRef]:
         wanted = set(refs)
-        unknown = wanted - self._present
+        if self.dialect == "sqlite":
+            # SQLite bumps schema_version on every CREATE or DROP, so while it stands
+            # still what was found absent is still absent: no catalogue query per erase.
+            version = conn.exec_driver_sql("PRAGMA schema_version").scalar()
+            if version != self._schema_version:
+                self._present.clear()
+                self._absent.clear()
+                self._schema_version = version
+        unknown = wanted - self._present - self._absent
         if unknown:
-            self._present |= self._look_up(conn, unknown)
+            found = self._look_up(conn, unknown)
+            self._present |= found
+            if self.dialect == "sqlite":
+                self._absent |= unknown - found
         return wanted & self._present
 
     def _look_up(self, conn: Connection, refs: set[TableRef]) -> set[TableRef]:
@@ -125,7 +138,9 @@ class Database:
         return self.group_commit.run(work)
 
     def ping(self) -> None:
-        with self.engine.connect() as conn:
+        """Succeeds only if an erase could start now: on SQLite that means getting the
+        write lock, so a lock held past the busy timeout shows as unhealthy."""
+        with self._transaction() as conn:
             conn.execute(text("SELECT 1"))
 
     def create_missing_tables(self) -> None:

@@ -78,6 +78,11 @@ class LiveServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait()
 
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once: no shutdown, no cleanup, as a crash."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
     def seed(self, count: int, runs: int = 2) -> list[str]:
         done = subprocess.run(
             self.command("seed", "--count", str(count), "--runs", str(runs)),

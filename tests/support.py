@@ -44,6 +44,12 @@ def assert_spec_error(response, status: int, error_code: str) -> dict:
 CONVERSATION_KINDS = ("sessions", "runs", "transcripts", "compactions", "tool_results", "tool_result_payloads")
 
 
+def unique_ids(prefix: str, count: int) -> list[str]:
+    """Session ids no other test run uses: on PostgreSQL every schema shares fs.agno_fs."""
+    run = uuid.uuid4().hex[:8]
+    return [f"{prefix}-{run}-{i}" for i in range(count)]
+
+
 def now() -> int:
     return int(time.time())
 
@@ -118,44 +124,47 @@ class AgnoData:
                 self.payloads.metadata.create_all(conn)
 
     def add_session(self, session_id: str | None = None, *, runs: int = 2, everything: bool = True) -> str:
-        session_id = session_id or str(uuid.uuid4())
+        return self.add_sessions([session_id or str(uuid.uuid4())], runs=runs, everything=everything)[0]
+
+    def add_sessions(self, session_ids: list[str], *, runs: int = 2, everything: bool = True) -> list[str]:
+        """Write sessions (and, with ``everything``, a row in each side table) in one transaction."""
         present = set(inspect(self.database.engine).get_table_names(schema=self.sessions.schema))
+        rows: dict[Table, list[dict]] = {}
+        for session_id in session_ids:
+            for table, row in self._rows(session_id, runs, everything, present):
+                rows.setdefault(table, []).append(row)
         with self.database.engine.begin() as conn:
-            conn.execute(
-                insert(self.sessions),
-                {"session_id": session_id, "session_type": "agent", "created_at": now(),
-                 "session_data": {"state": f"secret of {session_id}"}},
-            )  # fmt: skip
-            for i in range(runs):
-                conn.execute(
-                    insert(self.runs),
-                    {"run_id": f"{session_id}-run-{i}", "session_id": session_id, "run_type": "agent",
-                     "run_index": i, "run_data": {"messages": [{"role": "user", "content": "hello"}]},
-                     "created_at": now()},
-                )  # fmt: skip
-            if not everything:
-                return session_id
-            side = {kind: t for kind, t in self.side.items() if t.name in present}
-            namespace = f"ns-{uuid.uuid4().hex[:8]}"
-            if "transcripts" in side:
-                conn.execute(insert(side["transcripts"]), {
-                    "framework": "claude", "project_key": "p", "session_id": f"ext-{session_id}", "subpath": "",
-                    "position": 0, "entry": "verbatim turn", "agno_session_id": session_id, "created_at": now()})
-            if "compactions" in side:
-                conn.execute(insert(side["compactions"]), {
-                    "compaction_id": f"{session_id}-c", "session_id": session_id,
-                    "archived_messages": "folded turns", "created_at": now()})
-            if "tool_results" in side:
-                conn.execute(insert(side["tool_results"]), {
-                    "result_id": f"{session_id}-t", "namespace": namespace, "path": f"{session_id}/out.txt",
-                    "session_id": session_id, "run_id": f"{session_id}-run-0", "preview": "tool output"})
-                conn.execute(insert(self.payloads), {
-                    "namespace": namespace, "path": f"{session_id}/out.txt", "content": "full tool output"})
-            if "traces" in side:
-                conn.execute(insert(side["traces"]), {"trace_id": f"{session_id}-tr", "session_id": session_id})
-                conn.execute(insert(side["spans"]), {
-                    "span_id": f"{session_id}-sp", "trace_id": f"{session_id}-tr", "attributes": {"input": "hi"}})
-        return session_id
+            for table, batch in rows.items():
+                conn.execute(insert(table), batch)
+        return session_ids
+
+    def _rows(self, session_id: str, runs: int, everything: bool, present: set[str]):
+        yield self.sessions, {"session_id": session_id, "session_type": "agent", "created_at": now(),
+                              "session_data": {"state": f"secret of {session_id}"}}  # fmt: skip
+        for i in range(runs):
+            yield self.runs, {"run_id": f"{session_id}-run-{i}", "session_id": session_id, "run_type": "agent",
+                              "run_index": i, "run_data": {"messages": [{"role": "user", "content": "hello"}]},
+                              "created_at": now()}  # fmt: skip
+        if not everything:
+            return
+        side = {kind: t for kind, t in self.side.items() if t.name in present}
+        namespace = f"ns-{uuid.uuid4().hex[:8]}"
+        if "transcripts" in side:
+            yield side["transcripts"], {
+                "framework": "claude", "project_key": "p", "session_id": f"ext-{session_id}", "subpath": "",
+                "position": 0, "entry": "verbatim turn", "agno_session_id": session_id, "created_at": now()}
+        if "compactions" in side:
+            yield side["compactions"], {
+                "compaction_id": f"{session_id}-c", "session_id": session_id,
+                "archived_messages": "folded turns", "created_at": now()}
+        if "tool_results" in side:
+            yield side["tool_results"], {
+                "result_id": f"{session_id}-t", "namespace": namespace, "path": f"{session_id}/out.txt",
+                "session_id": session_id, "run_id": f"{session_id}-run-0", "preview": "tool output"}
+            yield self.payloads, {"namespace": namespace, "path": f"{session_id}/out.txt", "content": "full tool output"}
+        if "traces" in side:
+            yield side["traces"], {"trace_id": f"{session_id}-tr", "session_id": session_id}
+            yield side["spans"], {"span_id": f"{session_id}-sp", "trace_id": f"{session_id}-tr", "attributes": {"input": "hi"}}
 
     def counts(self, session_id: str) -> dict[str, int]:
         """Rows still held for a session, by kind (tables that do not exist count 0)."""
