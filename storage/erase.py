@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import Connection, column, delete, select, table, tuple_
+from sqlalchemy import Connection, bindparam, column, delete, select, table, tuple_
 
 from agentos_sessions.settings import SessionTable
 from storage.database import Database
@@ -62,6 +62,90 @@ def erase_session(
         return None
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The erase's statements for one set of present tables, compiled once.
+
+    Building and compiling SQLAlchemy constructs costs more CPU per erase than SQLite
+    spends deleting the rows, so each distinct layout is compiled once and its SQL
+    text executed directly; every statement binds only the session id.
+    """
+
+    dependents: tuple[tuple[str, str], ...]  # (kind, sql), in the order they must run
+    session: str
+    positional_binds: tuple[int, ...]  # per statement (dependents..., session): binds, or -1 if named
+
+    def params(self, index: int, session_id: str):
+        count = self.positional_binds[index]
+        return {"sid": session_id} if count < 0 else (session_id,) * count
+
+
+def _compile(database: Database, statement) -> tuple[str, int]:
+    compiled = statement.compile(dialect=database.engine.dialect)
+    if compiled.positional:
+        return compiled.string, len(compiled.positiontup)
+    return compiled.string, -1
+
+
+def _build_plan(
+    database: Database, session_table: SessionTable, erase_traces: bool, present: frozenset[TableRef]
+) -> _Plan:
+    sessions_ref = database.ref(session_table.name)
+    runs_ref = database.ref(session_table.runs_table)
+    transcripts_ref = database.ref(TRANSCRIPTS_TABLE)
+    compactions_ref = database.ref(COMPACTIONS_TABLE)
+    tool_results_ref = database.ref(TOOL_RESULTS_TABLE)
+    payload_ref = database.payload_ref(PAYLOAD_TABLE)
+    traces_ref = database.ref(database.settings.traces_table)
+    spans_ref = database.ref(database.settings.spans_table)
+    sid = bindparam("sid")
+    statements: list[tuple[str, object]] = []
+
+    def erase_where(kind: str, ref: TableRef, key: str) -> None:
+        if ref in present:
+            target = _table(ref, key)
+            statements.append((kind, delete(target).where(target.c[key] == sid)))
+
+    erase_where("runs", runs_ref, "session_id")
+    erase_where("transcripts", transcripts_ref, "agno_session_id")
+    erase_where("compactions", compactions_ref, "session_id")
+    if tool_results_ref in present:
+        results = _table(tool_results_ref, "session_id", "namespace", "path")
+        if payload_ref in present:
+            payloads = _table(payload_ref, "namespace", "path")
+            owned = select(results.c.namespace, results.c.path).where(results.c.session_id == sid)
+            statements.append(
+                ("tool_result_payloads", delete(payloads).where(tuple_(payloads.c.namespace, payloads.c.path).in_(owned)))
+            )
+        erase_where("tool_results", tool_results_ref, "session_id")
+    if erase_traces and traces_ref in present:
+        traces = _table(traces_ref, "trace_id", "session_id")
+        if spans_ref in present:
+            spans = _table(spans_ref, "trace_id")
+            session_traces = select(traces.c.trace_id).where(traces.c.session_id == sid)
+            statements.append(("spans", delete(spans).where(spans.c.trace_id.in_(session_traces))))
+        erase_where("traces", traces_ref, "session_id")
+    sessions = _table(sessions_ref, "session_id")
+    compiled = [(kind, *_compile(database, statement)) for kind, statement in statements]
+    session_sql, session_binds = _compile(database, delete(sessions).where(sessions.c.session_id == sid))
+    return _Plan(
+        dependents=tuple((kind, sql) for kind, sql, _ in compiled),
+        session=session_sql,
+        positional_binds=tuple(binds for _, _, binds in compiled) + (session_binds,),
+    )
+
+
+def _plan_for(
+    database: Database, session_table: SessionTable, erase_traces: bool, present: frozenset[TableRef]
+) -> _Plan:
+    plans = database.__dict__.setdefault("_erase_plans", {})
+    key = (session_table, erase_traces, present)
+    plan = plans.get(key)
+    if plan is None:
+        plan = plans[key] = _build_plan(database, session_table, erase_traces, present)
+    return plan
+
+
 def _erase(
     conn: Connection,
     database: Database,
@@ -71,49 +155,26 @@ def _erase(
     in_transaction: Callable[[Connection, ErasedRows], None] | None = None,
 ) -> ErasedRows:
     sessions_ref = database.ref(session_table.name)
-    runs_ref = database.ref(session_table.runs_table)
-    transcripts_ref = database.ref(TRANSCRIPTS_TABLE)
-    compactions_ref = database.ref(COMPACTIONS_TABLE)
-    tool_results_ref = database.ref(TOOL_RESULTS_TABLE)
-    payload_ref = database.payload_ref(PAYLOAD_TABLE)
-    traces_ref = database.ref(database.settings.traces_table)
-    spans_ref = database.ref(database.settings.spans_table)
-    candidates = [sessions_ref, runs_ref, transcripts_ref, compactions_ref, tool_results_ref, payload_ref]
+    candidates = [
+        sessions_ref,
+        database.ref(session_table.runs_table),
+        database.ref(TRANSCRIPTS_TABLE),
+        database.ref(COMPACTIONS_TABLE),
+        database.ref(TOOL_RESULTS_TABLE),
+        database.payload_ref(PAYLOAD_TABLE),
+    ]
     if erase_traces:
-        candidates += [traces_ref, spans_ref]
+        candidates += [database.ref(database.settings.traces_table), database.ref(database.settings.spans_table)]
     present = database.existing(conn, candidates)
     if sessions_ref not in present:
         raise SessionTableMissing(session_table.name)
+    plan = _plan_for(database, session_table, erase_traces, frozenset(present))
 
     erased = ErasedRows()
-
-    def erase_where(kind: str, ref: TableRef, key: str) -> None:
-        if ref in present:
-            target = _table(ref, key)
-            erased.counts[kind] = conn.execute(delete(target).where(target.c[key] == session_id)).rowcount
-
-    erase_where("runs", runs_ref, "session_id")
-    erase_where("transcripts", transcripts_ref, "agno_session_id")
-    erase_where("compactions", compactions_ref, "session_id")
-    if tool_results_ref in present:
-        results = _table(tool_results_ref, "session_id", "namespace", "path")
-        if payload_ref in present:
-            payloads = _table(payload_ref, "namespace", "path")
-            owned = select(results.c.namespace, results.c.path).where(results.c.session_id == session_id)
-            erased.counts["tool_result_payloads"] = conn.execute(
-                delete(payloads).where(tuple_(payloads.c.namespace, payloads.c.path).in_(owned))
-            ).rowcount
-        erase_where("tool_results", tool_results_ref, "session_id")
-    if erase_traces and traces_ref in present:
-        traces = _table(traces_ref, "trace_id", "session_id")
-        if spans_ref in present:
-            spans = _table(spans_ref, "trace_id")
-            session_traces = select(traces.c.trace_id).where(traces.c.session_id == session_id)
-            erased.counts["spans"] = conn.execute(delete(spans).where(spans.c.trace_id.in_(session_traces))).rowcount
-        erase_where("traces", traces_ref, "session_id")
-
-    sessions = _table(sessions_ref, "session_id")
-    if conn.execute(delete(sessions).where(sessions.c.session_id == session_id)).rowcount == 0:
+    # Dependents first, the session row last: its delete decides found or not found.
+    for index, (kind, sql) in enumerate(plan.dependents):
+        erased.counts[kind] = conn.exec_driver_sql(sql, plan.params(index, session_id)).rowcount
+    if conn.exec_driver_sql(plan.session, plan.params(len(plan.dependents), session_id)).rowcount == 0:
         raise _NotFound
     erased.counts["sessions"] = 1
     if in_transaction is not None:
