@@ -18,6 +18,7 @@ from connexion.resolver import RelativeResolver
 from starlette.concurrency import run_in_threadpool
 from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
+from starlette.routing import Router
 from starlette.responses import Response
 
 from agentos_sessions import operators
@@ -36,6 +37,24 @@ class _AnyPathConvertor(PathConvertor):
 # at a newline, so a session id holding one could never be erased. Routing must match
 # every id the database can hold; registered before any app compiles its routes.
 register_url_convertor("path", _AnyPathConvertor())
+
+
+def exact_paths_only(connexion_app) -> None:
+    """Turn off Starlette's trailing-slash redirects in every router of a started app.
+
+    ``DELETE /sessions/x/`` would be answered 307 to ``/sessions/x`` (built from the
+    Host header), inviting a client to erase a session it did not name; unknown paths
+    are 404 NOT_FOUND instead. Connexion builds its routers when the app first runs,
+    so this is called from the lifespan.
+    """
+    pending = [getattr(layer, "router", None) for layer in connexion_app.middleware_stack or ()]
+    while pending:
+        router = pending.pop()
+        if isinstance(router, Router):
+            router.redirect_slashes = False
+            for route in router.routes:
+                inner = getattr(route, "app", None)
+                pending.extend([inner, getattr(inner, "router", None)])
 
 
 def announce_generated_key(settings: Settings, stream=sys.stderr) -> Settings:
@@ -62,7 +81,8 @@ def create_app(settings: Settings | None = None, *, contract: Contract | None = 
     storage = Storage(settings)
 
     @asynccontextmanager
-    async def lifespan(_app):
+    async def lifespan(connexion_app):
+        exact_paths_only(connexion_app)
         await run_in_threadpool(storage.start)
         try:
             yield {"storage": storage}

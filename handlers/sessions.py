@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 from connexion import request
 from starlette.responses import Response
 
@@ -12,7 +14,20 @@ from storage import Storage, TargetError
 _SINGLE_VALUED = ("db_id", "table")
 
 
+def _is_utf8(encoded: bytes) -> bool:
+    try:
+        unquote_to_bytes(encoded.replace(b"+", b" ")).decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
 def delete_session(session_id: str, db_id: str | None = None, table: str | None = None) -> Response:
+    # The server decodes invalid UTF-8 with U+FFFD replacements, so /sessions/%FF%FE
+    # would erase a session literally named "\ufffd\ufffd": a delete must name its
+    # session exactly, so bytes that are not text are refused.
+    if not _is_utf8(request.scope.get("raw_path", b"")) or not _is_utf8(request.scope.get("query_string", b"")):
+        raise ApiError(422, "Path and query parameters must be valid UTF-8")
     for name in _SINGLE_VALUED:
         if len(request.query_params.getlist(name)) > 1:
             # Which value would win is a parser detail; a delete must not guess.
