@@ -237,7 +237,11 @@ def render(report: CheckReport, token: str, console: Console) -> None:
     """The report, with the key replaced by $TOKEN wherever it could appear."""
 
     def safe(text: str) -> str:
-        return escape(text.replace(token, TOKEN_PLACEHOLDER)) if token else escape(text)
+        # Defence in depth: nothing printed should hold the key, but if it does, it goes.
+        # A very short key would also match inside ordinary words, so it is left alone.
+        if token and len(token) >= 8:
+            text = text.replace(token, TOKEN_PLACEHOLDER)
+        return escape(text)
 
     console.print(f"[bold]agentos-sessions check[/] {safe(report.url)} against {safe(str(report.spec))}")
     phases = ", ".join(f"{name} {state}" for name, state in report.phases.items()) or "none ran"
