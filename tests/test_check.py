@@ -119,7 +119,7 @@ def test_broken_server_gets_findings_grouped_by_check_with_a_curl_each(tmp_path)
         lines = out.splitlines()
         header = next(i for i, line in enumerate(lines) if check in line)
         block = lines[header + 1 : header + 3]
-        assert any(line.strip().startswith(f"curl -X DELETE") and url in line for line in block), (check, block)
+        assert any(line.strip().startswith("curl -X DELETE") and url in line for line in block), (check, block)
     # Each check is one group, however many cases failed it.
     assert out.count("✗ ST101 Server error") == 1
     assert declared_rows(out)["500"].startswith("yes")
