@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import json
 import sys
-import warnings
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
-# connexion 3.3 imports starlette.testclient at import time, which on Starlette 1.x warns
-# about httpx on every server start; the test client is never used when serving.
-warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")
-
-from connexion import AsyncApp  # noqa: E402
+from connexion import AsyncApp
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
 from starlette.concurrency import run_in_threadpool

@@ -31,7 +31,10 @@ async def _drive(base_urls: list[str], session_ids: list[str], concurrency: int,
     queue: asyncio.Queue = asyncio.Queue()
     for session_id in session_ids:
         queue.put_nowait(session_id)
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout: at the
+    # same 5 s both ends race to close, and a request sent on a connection the server is
+    # closing fails without ever reaching it (seen once in 6,000 requests).
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2)
     clients = [httpx.AsyncClient(base_url=url, headers=AUTH, timeout=timeout, limits=limits) for url in base_urls]
     spread = itertools.cycle(clients)
 
