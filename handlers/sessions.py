@@ -22,7 +22,9 @@ def _is_utf8(encoded: bytes) -> bool:
     return True
 
 
-def delete_session(session_id: str, db_id: str | None = None, table: str | None = None) -> Response:
+# A coroutine, so an erase waits on the event loop instead of holding a threadpool
+# thread: with group commit the storage layer answers it from its writer thread.
+async def delete_session(session_id: str, db_id: str | None = None, table: str | None = None) -> Response:
     # The server decodes invalid UTF-8 with U+FFFD replacements, so /sessions/%FF%FE
     # would erase a session literally named "\ufffd\ufffd": a delete must name its
     # session exactly, so bytes that are not text are refused.
@@ -37,7 +39,7 @@ def delete_session(session_id: str, db_id: str | None = None, table: str | None 
     try:
         target = storage.locate(db_id, table)
         attempt.located(target.database.id, target.session_table.name)
-        erased = storage.erase(target, session_id, audit=attempt.audit_entry())
+        erased = await storage.erase_async(target, session_id, audit=attempt.audit_entry())
     except TargetError as exc:
         raise ApiError(exc.status, str(exc)) from None
     attempt.settled(erased)

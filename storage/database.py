@@ -68,9 +68,12 @@ class Database:
 
     def existing(self, conn: Connection, refs: Iterable[TableRef]) -> set[TableRef]:
         wanted = set(refs)
-        if self.dialect == "sqlite":
+        if self.dialect == "sqlite" and conn.info.get("schema_checked_in") is not conn.get_transaction():
             # SQLite bumps schema_version on every CREATE or DROP, so while it stands
             # still what was found absent is still absent: no catalogue query per erase.
+            # Once per transaction is enough: it holds the write lock, so no schema
+            # change can happen inside it.
+            conn.info["schema_checked_in"] = conn.get_transaction()
             version = conn.exec_driver_sql("PRAGMA schema_version").scalar()
             if version != self._schema_version:
                 self._present.clear()
@@ -136,6 +139,14 @@ class Database:
         if self.group_commit is None:
             return self.write(work)
         return self.group_commit.run(work)
+
+    async def write_shared_async(self, work: Callable[[Connection], T]) -> T:
+        """``write_shared`` for the event loop: with group commit no thread waits at all."""
+        if self.group_commit is None:
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(self.write, work)
+        return await self.group_commit.run_async(work)
 
     def ping(self) -> None:
         """Succeeds only if an erase could start now: on SQLite that means getting the

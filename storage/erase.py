@@ -62,6 +62,25 @@ def erase_session(
         return None
 
 
+async def erase_session_async(
+    database: Database,
+    session_table: SessionTable,
+    session_id: str,
+    *,
+    erase_traces: bool = False,
+    in_transaction: Callable[[Connection, ErasedRows], None] | None = None,
+) -> ErasedRows | None:
+    """``erase_session`` for a coroutine: the same transaction, awaited instead of blocked on."""
+    if "\x00" in session_id and not database.stores_nul:
+        return None
+    try:
+        return await database.write_shared_async(
+            lambda conn: _erase(conn, database, session_table, session_id, erase_traces, in_transaction)
+        )
+    except _NotFound:
+        return None
+
+
 @dataclass(frozen=True)
 class _Plan:
     """The erase's statements for one set of present tables, compiled once.

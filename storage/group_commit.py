@@ -22,9 +22,13 @@ Why it is exactly equivalent to one transaction per request:
 
 from __future__ import annotations
 
+import asyncio
+import fcntl
 import logging
+import os
 import queue
 import threading
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
 from sqlalchemy import Connection
@@ -43,13 +47,37 @@ _STOP = object()
 
 
 class _Pending(Generic[T]):
-    __slots__ = ("work", "done", "value", "error")
+    """One caller's work. A thread caller waits on ``done``; an event-loop caller gets
+    ``future`` resolved on its own loop, so it needs no threadpool thread at all."""
 
-    def __init__(self, work: Callable[[Connection], T]):
+    __slots__ = ("work", "done", "value", "error", "loop", "future")
+
+    def __init__(self, work: Callable[[Connection], T], loop: asyncio.AbstractEventLoop | None = None):
         self.work = work
         self.done = threading.Event()
         self.value: T | None = None
         self.error: BaseException | None = None
+        self.loop = loop
+        self.future: asyncio.Future | None = loop.create_future() if loop is not None else None
+
+
+def _settle(items: list[_Pending]) -> None:
+    """On the caller's event loop: hand each future its outcome."""
+    for item in items:
+        if item.future.cancelled():
+            continue
+        if item.error is not None:
+            item.future.set_exception(item.error)
+        else:
+            item.future.set_result(item.value)
+
+
+def _writer_lock_path(database: "Database") -> str | None:
+    url = database.engine.url
+    if database.dialect != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    # Beside the database, like SQLite's own -wal and -shm files.
+    return f"{url.database}-writer-lock"
 
 
 class GroupCommit:
@@ -62,22 +90,40 @@ class GroupCommit:
         self._closed = False
         self.batches = 0  # commits made, for tests and curiosity
         self.grouped = 0  # work items committed through a shared transaction
+        self._lock_path = _writer_lock_path(database)
+        self._lock_fd: int | None = None
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction that may be shared; return once it is durable."""
         pending = _Pending(work)
+        if not self._enqueue(pending):
+            return self._database.write(work)
+        pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        return pending.value  # type: ignore[return-value]
+
+    async def run_async(self, work: Callable[[Connection], T]) -> T:
+        """``run`` for a coroutine: the event loop is never blocked and no thread waits."""
+        pending = _Pending(work, asyncio.get_running_loop())
+        if not self._enqueue(pending):
+            from starlette.concurrency import run_in_threadpool
+
+            return await run_in_threadpool(self._database.write, work)
+        # Shielded: a caller that goes away must not cancel an erase already queued;
+        # the erase then completes (or not) exactly as if the caller had waited.
+        return await asyncio.shield(pending.future)
+
+    def _enqueue(self, pending: _Pending) -> bool:
         with self._lock:
             if self._closed:
-                return self._database.write(work)
+                return False
             if self._thread is None:
                 # Started on first use, in the process that serves (workers are spawned).
                 self._thread = threading.Thread(target=self._loop, name=f"group-commit-{self._database.id}", daemon=True)
                 self._thread.start()
             self._queue.put(pending)
-        pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        return pending.value  # type: ignore[return-value]
+        return True
 
     def close(self) -> None:
         with self._lock:
@@ -87,6 +133,35 @@ class GroupCommit:
                 self._queue.put(_STOP)
         if thread is not None:
             thread.join()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    @contextmanager
+    def _writers_in_turn(self):
+        """On SQLite, the writer threads of all worker processes queue on one OS lock.
+
+        SQLite's own busy handler polls with growing sleeps (1, 2, 5, 10 ... ms), so two
+        workers fighting for the write lock mostly sleep; a blocking flock hands the
+        lock over the moment it is released. It only orders our own writers: anyone
+        else still meets SQLite's lock and busy timeout as before. Without a lock file
+        (read-only directory, in-memory database) SQLite's busy handler does it all.
+        """
+        if self._lock_path is None:
+            yield
+            return
+        if self._lock_fd is None:
+            try:
+                self._lock_fd = os.open(self._lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            except OSError:
+                self._lock_path = None
+                yield
+                return
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
 
     def _loop(self) -> None:
         stopping = False
@@ -112,11 +187,47 @@ class GroupCommit:
                     if not item.done.is_set():
                         item.error = exc
                         item.done.set()
+            self._wake(batch)
+
+    @staticmethod
+    def _wake(batch: list[_Pending]) -> None:
+        """Answer event-loop callers: one wake-up per loop and batch, not per request."""
+        by_loop: dict[asyncio.AbstractEventLoop, list[_Pending]] = {}
+        for item in batch:
+            if item.loop is not None:
+                by_loop.setdefault(item.loop, []).append(item)
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_settle, items)
+            except RuntimeError:  # that loop is closed: nobody is waiting any more
+                pass
 
     def _commit(self, batch: list[_Pending]) -> None:
+        # Optimistic first: when every erase in the batch succeeds (the usual case),
+        # no savepoints are needed, and savepoints cost SQLite a sub-journal copy of
+        # every page an erase touches. The first raise rolls the whole transaction
+        # back, uncommitted and unanswered, and the batch is redone with savepoints.
+        if len(batch) > 1 and self._commit_optimistically(batch):
+            return
+        self._commit_with_savepoints(batch)
+
+    def _commit_optimistically(self, batch: list[_Pending]) -> bool:
+        try:
+            with self._writers_in_turn(), self._database._transaction() as conn:
+                values = [item.work(conn) for item in batch]
+        except Exception:
+            return False
+        self.batches += 1
+        self.grouped += len(batch)
+        for item, value in zip(batch, values):
+            item.value = value
+            item.done.set()
+        return True
+
+    def _commit_with_savepoints(self, batch: list[_Pending]) -> None:
         alone: list[_Pending] = []
         try:
-            with self._database._transaction() as conn:
+            with self._writers_in_turn(), self._database._transaction() as conn:
                 for item in batch:
                     savepoint = conn.begin_nested()
                     try:

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from agentos_sessions.settings import SessionTable, Settings
 from storage.audit import AuditEntry, audit_writer, create_audit_table
 from storage.database import Database
-from storage.erase import ErasedRows, SessionTableMissing, erase_session
+from storage.erase import ErasedRows, SessionTableMissing, erase_session, erase_session_async
 
 
 class TargetError(Exception):
@@ -80,23 +80,42 @@ class Storage:
         return Target(database, session_table, table_named_by_caller=True)
 
     def erase(self, target: Target, session_id: str, *, audit: AuditEntry | None = None) -> ErasedRows | None:
-        record = None
-        if audit is not None and self.settings.audit_table:
-            record = audit_writer(
-                target.database, self.settings.audit_table, target.session_table.name, session_id, audit
-            )
         try:
             return erase_session(
                 target.database,
                 target.session_table,
                 session_id,
                 erase_traces=self.settings.erase_traces,
-                in_transaction=record,
+                in_transaction=self._audit_hook(target, session_id, audit),
             )
         except SessionTableMissing:
-            if target.table_named_by_caller:
-                raise UnknownTable(
-                    f"No database with id '{target.database.id}' has table '{target.session_table.name}'"
-                ) from None
-            # No sessions table yet means no session with this id.
+            return self._table_missing(target)
+
+    async def erase_async(
+        self, target: Target, session_id: str, *, audit: AuditEntry | None = None
+    ) -> ErasedRows | None:
+        """``erase`` for the event loop (see ``Database.write_shared_async``)."""
+        try:
+            return await erase_session_async(
+                target.database,
+                target.session_table,
+                session_id,
+                erase_traces=self.settings.erase_traces,
+                in_transaction=self._audit_hook(target, session_id, audit),
+            )
+        except SessionTableMissing:
+            return self._table_missing(target)
+
+    def _audit_hook(self, target: Target, session_id: str, audit: AuditEntry | None):
+        if audit is None or not self.settings.audit_table:
             return None
+        return audit_writer(target.database, self.settings.audit_table, target.session_table.name, session_id, audit)
+
+    @staticmethod
+    def _table_missing(target: Target) -> None:
+        if target.table_named_by_caller:
+            raise UnknownTable(
+                f"No database with id '{target.database.id}' has table '{target.session_table.name}'"
+            ) from None
+        # No sessions table yet means no session with this id.
+        return None

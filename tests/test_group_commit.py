@@ -201,3 +201,50 @@ def test_after_close_erases_still_work_alone(database, data):
     session_id = data.add_session(runs=1)
     assert erase(database, session_id) is not None
     assert data.counts(session_id)["sessions"] == 0
+
+
+def test_event_loop_callers_share_commits_and_each_id_succeeds_exactly_once(database, data):
+    """The handler's path: coroutines awaiting the writer thread, no threadpool."""
+    import asyncio
+
+    from storage.erase import erase_session_async
+
+    ids = [data.add_session(runs=2) for _ in range(10)]
+    asked = ids * 3 + ["never-existed"]
+
+    async def erase_all():
+        table = database.settings.default_session_table
+        return await asyncio.gather(*(erase_session_async(database, table, sid) for sid in asked))
+
+    with writer_held(database):
+        results_future = []
+        runner = threading.Thread(target=lambda: results_future.append(asyncio.run(erase_all())))
+        runner.start()
+        while database.group_commit._queue.qsize() < len(asked):
+            threading.Event().wait(0.005)
+    runner.join()
+    (results,) = results_future
+    for session_id in ids:
+        found = [r for r, sid in zip(results, asked) if sid == session_id and r is not None]
+        assert len(found) == 1 and found[0].counts == {"runs": 2, "transcripts": 1, "compactions": 1,
+                                                       "tool_result_payloads": 1, "tool_results": 1, "sessions": 1}
+        assert [data.counts(session_id)[k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS)
+    assert results[-1] is None
+
+
+def test_event_loop_callers_without_group_commit_use_a_thread(make_database_settings):
+    import asyncio
+
+    from storage import Database
+    from storage.erase import erase_session_async
+
+    database = Database(make_database_settings(), busy_timeout_ms=2000, group_commit=False)
+    try:
+        agno = AgnoData(database, database.settings.default_session_table)
+        agno.create_all()
+        session_id = agno.add_session(runs=1)
+        table = database.settings.default_session_table
+        assert asyncio.run(erase_session_async(database, table, session_id)) is not None
+        assert asyncio.run(erase_session_async(database, table, session_id)) is None
+    finally:
+        database.dispose()
