@@ -191,6 +191,7 @@ class Bench:
         self.results: list[Result] = []
         self.token = secrets.token_urlsafe(24)
         self.filler: dict[str, int] = {}  # url -> filler sessions (3 runs each)
+        self.spy_dir: Path | None = None
 
     # ---- data -------------------------------------------------------------------------
     def url_for(self, backend: str, size: int) -> str:
@@ -239,10 +240,27 @@ class Bench:
         ids_dir = self.work / f"ids-{tag}"
         slices = write_id_files(ids_dir, ids, CONNECTIONS)
         cpu_before = server.cpu_seconds()
+        spies = self._spy(server, tag)
         out = run_wrk(server.port, ids_dir, self.token, self.profile.duration, timeout)
         cpu = server.cpu_seconds() - cpu_before
+        for spy in spies:
+            spy.wait(timeout=60)
         runs.append((out, slices))
         return out, runs, cpu, server.peak_rss_mb()
+
+    def _spy(self, server: Server, tag: str) -> list[subprocess.Popen]:
+        """py-spy on every worker for the measured load, as collapsed stacks (see bench/README.md)."""
+        if not self.spy_dir or tag == "asgi":
+            return []
+        self.spy_dir.mkdir(parents=True, exist_ok=True)
+        seconds = max(1, int(self.profile.duration) - 1)
+        return [
+            subprocess.Popen([str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(p.pid), "--duration", str(seconds), "--rate", "250",
+                              "--nonblocking", "--threads", "--format", "raw",
+                              "--output", str(self.spy_dir / f"{tag}-{p.pid}.txt")],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for p in server.worker_processes()
+        ]
 
     def _fill(self, result: Result, out: dict, cpu: float | None, rss: float | None) -> None:
         answered = out["ok"] + out["bad"]
@@ -369,6 +387,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(HERE / "results"), help="where results.json, table.md and plot.png go")
     parser.add_argument("--skip-growth", action="store_true", help="only the main comparison")
     parser.add_argument("--duration", type=float, help="override the profile's seconds of load per measurement")
+    parser.add_argument("--profile", metavar="DIR", help="record py-spy collapsed stacks of our workers into DIR")
+    parser.add_argument("--only", choices=["ours", "main"], help="ours: only our server (no ceilings), main comparison only")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our server (e.g. a setting under test)")
     args = parser.parse_args(argv)
@@ -384,15 +404,18 @@ def main(argv: list[str] | None = None) -> int:
     server_env = {k: v for k, v in os.environ.items() if not k.startswith("AGENTOS_SESSIONS_")}
     server_env.update(dict(item.split("=", 1) for item in args.env))
     bench = Bench(profile, work, args.pg_url, server_env)
+    bench.spy_dir = Path(args.profile) if args.profile else None
     started = time.monotonic()
 
     for backend in backends:
         # The main comparison: ours next to both ceilings, measured back to back.
         for workers in workers_list:
-            bench.asgi(workers, backend)
+            if args.only != "ours":
+                bench.asgi(workers, backend)
             bench.ours(backend, profile.main_size, workers)
-        bench.best_storage(backend, profile.main_size)
-    if not args.skip_growth:
+        if args.only != "ours":
+            bench.best_storage(backend, profile.main_size)
+    if not args.skip_growth and not args.only:
         top = max(workers_list)
         for backend in backends:
             sizes = profile.sizes if backend == "sqlite" else profile.pg_sizes
