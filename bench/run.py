@@ -54,8 +54,8 @@ class Profile:
 PROFILES = {
     "quick": Profile("quick", duration=6, target_cap=40_000, sizes=(10_000, 100_000), pg_sizes=(100_000,),
                      run_counts={1: 40_000, 100: 1_500, 10_000: 32}),
-    "full": Profile("full", duration=15, target_cap=80_000, sizes=(10_000, 100_000, 1_000_000),
-                    pg_sizes=(10_000, 100_000), run_counts={1: 80_000, 100: 3_000, 10_000: 32}),
+    "full": Profile("full", duration=15, target_cap=60_000, sizes=(10_000, 100_000, 1_000_000),
+                    pg_sizes=(10_000, 100_000), run_counts={1: 60_000, 100: 3_000, 10_000: 32}),
 }
 
 
@@ -236,7 +236,7 @@ class Bench:
         if warm:
             warm_dir = self.work / f"ids-{tag}-warm"
             warm_slices = write_id_files(warm_dir, warm, CONNECTIONS)
-            runs.append((run_wrk(server.port, warm_dir, self.token, 10, timeout), warm_slices))
+            runs.append((run_wrk(server.port, warm_dir, self.token, 3, timeout), warm_slices))
         ids_dir = self.work / f"ids-{tag}"
         slices = write_id_files(ids_dir, ids, CONNECTIONS)
         cpu_before = server.cpu_seconds()
@@ -434,6 +434,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": f"{platform.node()} {os.cpu_count()} cores, {platform.processor() or platform.machine()}, "
         f"Python {platform.python_version()}, {platform.system()} {platform.release()}",
         "profile": profile.name,
+        "main_sessions": profile.main_size,
         "duration_s": profile.duration,
         "connections": CONNECTIONS,
         "elapsed_s": round(time.monotonic() - started),
