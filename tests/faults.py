@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.live_server import free_port
+
 
 def require_root(what: str) -> None:
     """Mounting needs root: skipped with a reason locally, a failure in CI (which runs as root)."""
@@ -28,7 +30,7 @@ class TcpProxy:
 
     def __init__(self, target_host: str, target_port: int):
         self.target = (target_host, target_port)
-        self.port = _free_port()
+        self.port = free_port()
         self._listener: socket.socket | None = None
         self._connections: set[socket.socket] = set()
         self._lock = threading.Lock()
@@ -93,12 +95,6 @@ class TcpProxy:
 
     def stop(self) -> None:
         self.cut()
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @contextmanager

@@ -10,7 +10,7 @@ import warnings
 from datetime import datetime, timezone
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import text
 
 from agentos_sessions.settings import DatabaseSettings, SessionTable
 from tests.conftest import postgres_url

@@ -8,12 +8,9 @@ import io
 import socket
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 from rich.console import Console
 from rich.progress import Progress
 from starlette.applications import Starlette
@@ -21,7 +18,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agentos_sessions.check import PhaseProgress, failures_from_junit, reproducible
-from tests.live_server import LiveServer, database_toml
+from tests.live_server import LiveServer, ThreadedServer, database_toml
 from tests.support import KEY
 
 MAX_EXAMPLES = 40
@@ -70,40 +67,22 @@ def test_own_server_is_clean(make_database_settings, tmp_path):
     assert (tmp_path / "reports" / "report.json").exists()
 
 
-class BrokenServer:
+def broken_app() -> Starlette:
     """Claims the contract, breaks it: ignores the key, 500s in plain text, never 404s."""
 
-    def __init__(self):
-        async def delete(request):
-            if request.path_params["session_id"].startswith("0"):
-                return PlainTextResponse("boom", status_code=500)
-            if "authorization" not in request.headers:
-                return Response('{"detail": "no key"}', status_code=401, media_type="application/json")
-            return Response(status_code=204)
+    async def delete(request):
+        if request.path_params["session_id"].startswith("0"):
+            return PlainTextResponse("boom", status_code=500)
+        if "authorization" not in request.headers:
+            return Response('{"detail": "no key"}', status_code=401, media_type="application/json")
+        return Response(status_code=204)
 
-        app = Starlette(routes=[Route("/sessions/{session_id}", delete, methods=["DELETE"])])
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            assert time.monotonic() < deadline and self.thread.is_alive(), "broken server did not start"
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
+    return Starlette(routes=[Route("/sessions/{session_id}", delete, methods=["DELETE"])])
 
 
 @pytest.mark.live
 def test_broken_server_gets_findings_grouped_by_check_with_a_curl_each(tmp_path):
-    with BrokenServer() as url:
+    with ThreadedServer(broken_app()) as url:
         ids_file = tmp_path / "ids.txt"
         ids_file.write_text("kept-forever\n0-explodes\n")
         done = run_check(

@@ -10,19 +10,16 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import socket
-import threading
-import time
 from pathlib import Path
 
 import pytest
-import uvicorn
 
 from agentos_sessions.app import create_app
 from agentos_sessions.contract import contract_path
 from agentos_sessions.docs_ui import ASSET_TYPES, INIT_SCRIPT, PAGE
 from storage import Database
 from storage.seed import seed_sessions
+from tests.live_server import ThreadedServer
 from tests.support import KEY, AgnoData, assert_spec_error
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -97,30 +94,6 @@ def test_missing_browser_skips_locally_and_fails_in_ci(monkeypatch, tmp_path):
     monkeypatch.setenv("CI", "true")
     with pytest.raises(pytest.fail.Exception, match="CI=true"):
         _browser_or_skip()
-
-
-class ThreadedServer:
-    """The app under uvicorn in this process, on a free loopback port."""
-
-    def __init__(self, app):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-
-    def __enter__(self) -> str:
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.05)
-        return f"http://127.0.0.1:{self.port}"
-
-    def __exit__(self, *exc) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
 
 
 @pytest.mark.live
