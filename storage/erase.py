@@ -52,12 +52,11 @@ def erase_session(
     ``in_transaction`` runs after the session row is gone, before the commit (the
     audit table uses it); if it raises, nothing is erased.
     """
-    if "\x00" in session_id and not database.stores_nul:
+    work = _erase_work(database, session_table, session_id, erase_traces, in_transaction)
+    if work is None:
         return None
     try:
-        return database.write_shared(
-            lambda conn: _erase(conn, database, session_table, session_id, erase_traces, in_transaction)
-        )
+        return database.write_shared(work)
     except _NotFound:
         return None
 
@@ -71,14 +70,26 @@ async def erase_session_async(
     in_transaction: Callable[[Connection, ErasedRows], None] | None = None,
 ) -> ErasedRows | None:
     """``erase_session`` for a coroutine: the same transaction, awaited instead of blocked on."""
-    if "\x00" in session_id and not database.stores_nul:
+    work = _erase_work(database, session_table, session_id, erase_traces, in_transaction)
+    if work is None:
         return None
     try:
-        return await database.write_shared_async(
-            lambda conn: _erase(conn, database, session_table, session_id, erase_traces, in_transaction)
-        )
+        return await database.write_shared_async(work)
     except _NotFound:
         return None
+
+
+def _erase_work(
+    database: Database,
+    session_table: SessionTable,
+    session_id: str,
+    erase_traces: bool,
+    in_transaction: Callable[[Connection, ErasedRows], None] | None,
+) -> Callable[[Connection], ErasedRows] | None:
+    """The erase as one unit of work, or None when no such id can exist in this database."""
+    if "\x00" in session_id and not database.stores_nul:
+        return None
+    return lambda conn: _erase(conn, database, session_table, session_id, erase_traces, in_transaction)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from agentos_sessions.settings import SessionTable, Settings
 from storage.audit import AuditEntry, audit_writer, create_audit_table
 from storage.database import Database
-from storage.erase import ErasedRows, SessionTableMissing, erase_session, erase_session_async
+from storage.erase import ErasedRows, SessionTableMissing, erase_session_async
 
 
 class TargetError(Exception):
@@ -78,18 +78,6 @@ class Storage:
         if session_table is None:
             raise UnknownTable(f"No database with id '{database.id}' has table '{table}'")
         return Target(database, session_table, table_named_by_caller=True)
-
-    def erase(self, target: Target, session_id: str, *, audit: AuditEntry | None = None) -> ErasedRows | None:
-        try:
-            return erase_session(
-                target.database,
-                target.session_table,
-                session_id,
-                erase_traces=self.settings.erase_traces,
-                in_transaction=self._audit_hook(target, session_id, audit),
-            )
-        except SessionTableMissing:
-            return self._table_missing(target)
 
     async def erase_async(
         self, target: Target, session_id: str, *, audit: AuditEntry | None = None
