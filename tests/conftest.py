@@ -11,7 +11,7 @@ from sqlalchemy.schema import DropSchema
 from agentos_sessions.app import create_app
 from agentos_sessions.settings import DatabaseSettings, SessionTable, Settings
 from storage import Database
-from tests.support import KEY
+from tests.support import KEY, AgnoData
 
 POSTGRES_URL_ENV = "AGENTOS_TEST_POSTGRES_URL"
 
@@ -96,3 +96,11 @@ def make_client(make_settings):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def data(database):
+    """Agno-shaped tables and rows in the test module's own ``database`` fixture."""
+    agno = AgnoData(database, database.settings.default_session_table)
+    agno.create_all()
+    return agno

@@ -23,13 +23,6 @@ def database(make_database_settings):
     database.dispose()
 
 
-@pytest.fixture
-def data(database):
-    agno = AgnoData(database, database.settings.default_session_table)
-    agno.create_all()
-    return agno
-
-
 def erase(database, session_id):
     return erase_session(database, database.settings.default_session_table, session_id, erase_traces=True)
 

@@ -20,13 +20,6 @@ def database(make_database):
     return make_database()
 
 
-@pytest.fixture
-def data(database):
-    agno = AgnoData(database, database.settings.default_session_table)
-    agno.create_all()
-    return agno
-
-
 def test_erase_reports_what_it_erased(database, data):
     session_id = data.add_session(runs=3)
     erased = erase_session(database, database.settings.default_session_table, session_id, erase_traces=True)
