@@ -8,6 +8,7 @@ import uuid
 import jsonschema
 from sqlalchemy import (
     JSON, BigInteger, Column, MetaData, PrimaryKeyConstraint, String, Table, Text, cast, func, insert, inspect, or_, select,
+    text,
 )
 
 from agentos_sessions.contract import Contract
@@ -42,6 +43,29 @@ def assert_spec_error(response, status: int, error_code: str) -> dict:
 # What holds the conversation and must always go; traces and spans go only when
 # erase_traces is on.
 CONVERSATION_KINDS = ("sessions", "runs", "transcripts", "compactions", "tool_results", "tool_result_payloads")
+
+
+def refuse_compaction_deletes(database: Database, message: str, *, only_session: str | None = None) -> None:
+    """A real database error in the middle of an erase: a trigger that fails the
+    compactions delete (for one session, or for all), after runs and transcripts went."""
+    with database.engine.begin() as conn:
+        if database.dialect == "sqlite":
+            when = f"WHEN old.session_id = '{only_session}' " if only_session else ""
+            conn.execute(text(
+                f"CREATE TRIGGER refuse BEFORE DELETE ON agno_compactions {when}"
+                f"BEGIN SELECT RAISE(ABORT, '{message}'); END"
+            ))  # fmt: skip
+            return
+        schema = database.settings.schema
+        condition = f"old.session_id = '{only_session}'" if only_session else "true"
+        conn.execute(text(
+            f"CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$$ BEGIN IF {condition} THEN RAISE EXCEPTION '{message}'; END IF; RETURN old; END $$"
+        ))  # fmt: skip
+        conn.execute(text(
+            f"CREATE TRIGGER refuse BEFORE DELETE ON {schema}.agno_compactions "
+            f"FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
+        ))  # fmt: skip
 
 
 def unique_ids(prefix: str, count: int) -> list[str]:

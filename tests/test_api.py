@@ -4,10 +4,9 @@ db_id/table rule, and one error-shape assertion applied to every origin of error
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import text
 
 from agentos_sessions.settings import SessionTable
-from tests.support import AUTH, CONVERSATION_KINDS, KEY, AgnoData, assert_spec_error
+from tests.support import AUTH, CONVERSATION_KINDS, KEY, AgnoData, assert_spec_error, refuse_compaction_deletes
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -195,28 +194,10 @@ def test_invalid_requests_are_422_and_change_nothing(client, query):
     assert data.counts(session_id)["sessions"] == 1
 
 
-def test_storage_failure_is_500_and_nothing_is_half_done(client, backend):
+def test_storage_failure_is_500_and_nothing_is_half_done(client):
     data, session_id = seeded(client)
     before = data.counts(session_id)
-    database = next(iter(client.storage.databases.values()))
-    # A real database error in the middle of the erase: runs and transcripts are
-    # already deleted inside the transaction when the compactions delete fails.
-    with database.engine.begin() as conn:
-        if backend == "sqlite":
-            conn.execute(text(
-                "CREATE TRIGGER refuse BEFORE DELETE ON agno_compactions "
-                "BEGIN SELECT RAISE(ABORT, 'internal detail: disk on fire'); END"
-            ))  # fmt: skip
-        else:
-            schema = database.settings.schema
-            conn.execute(text(
-                f"CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                "$$ BEGIN RAISE EXCEPTION 'internal detail: disk on fire'; END $$"
-            ))  # fmt: skip
-            conn.execute(text(
-                f"CREATE TRIGGER refuse BEFORE DELETE ON {schema}.agno_compactions "
-                f"FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
-            ))  # fmt: skip
+    refuse_compaction_deletes(next(iter(client.storage.databases.values())), "internal detail: disk on fire")
 
     response = client.delete(f"/sessions/{session_id}", headers=AUTH)
 

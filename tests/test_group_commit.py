@@ -6,10 +6,10 @@ import threading
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import event, text
+from sqlalchemy import event
 
-from storage import erase_session
-from tests.support import CONVERSATION_KINDS, AgnoData
+from storage import ErasedRows, erase_session
+from tests.support import CONVERSATION_KINDS, AgnoData, refuse_compaction_deletes
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -47,9 +47,9 @@ def writer_held(database):
         holder.join()
 
 
-def run_concurrently(database, ids, *, queued=None):
+def run_concurrently(database, ids, *, queued=None, results=None):
     """Erase each id from its own thread, while the writer is held; return {index: result}."""
-    results: dict[int, object] = {}
+    results = {} if results is None else results
 
     def one(index, session_id):
         try:
@@ -120,42 +120,15 @@ def test_nobody_is_answered_before_the_shared_commit(database, data):
         # when the commit that covers them starts.
         answered_at_commit.clear()
 
-    def one(index, session_id):
-        results[index] = erase(database, session_id)
-
-    threads = [threading.Thread(target=one, args=(i, sid)) for i, sid in enumerate(ids)]
-    with writer_held(database):
-        for thread in threads:
-            thread.start()
-        while database.group_commit._queue.qsize() < len(ids):
-            threading.Event().wait(0.005)
-        queued()
-    for thread in threads:
-        thread.join()
+    run_concurrently(database, ids, queued=queued, results=results)
     event.remove(database.engine, "commit", on_commit)
     assert answered_at_commit and answered_at_commit[0] == 0
-    assert all(results[i] is not None for i in range(len(ids)))
+    assert all(isinstance(results[i], ErasedRows) for i in range(len(ids)))
 
 
-def test_a_database_error_in_one_erase_fails_only_that_erase(database, data, backend):
+def test_a_database_error_in_one_erase_fails_only_that_erase(database, data):
     doomed, fine = data.add_session(runs=2), data.add_session(runs=2)
-    with database.engine.begin() as conn:
-        if backend == "sqlite":
-            conn.execute(text(
-                f"CREATE TRIGGER refuse BEFORE DELETE ON agno_compactions WHEN old.session_id = '{doomed}' "
-                "BEGIN SELECT RAISE(ABORT, 'disk on fire'); END"
-            ))  # fmt: skip
-        else:
-            schema = database.settings.schema
-            conn.execute(text(
-                f"CREATE FUNCTION {schema}.refuse() RETURNS trigger LANGUAGE plpgsql AS "
-                f"$$ BEGIN IF old.session_id = '{doomed}' THEN RAISE EXCEPTION 'disk on fire'; END IF; "
-                "RETURN old; END $$"
-            ))  # fmt: skip
-            conn.execute(text(
-                f"CREATE TRIGGER refuse BEFORE DELETE ON {schema}.agno_compactions "
-                f"FOR EACH ROW EXECUTE FUNCTION {schema}.refuse()"
-            ))  # fmt: skip
+    refuse_compaction_deletes(database, "disk on fire", only_session=doomed)
     before = data.counts(doomed)
 
     results = run_concurrently(database, [doomed, fine])
@@ -185,7 +158,7 @@ def test_a_failed_shared_commit_retries_each_erase_alone(database, data, monkeyp
     results = run_concurrently(database, ids, queued=queued)
 
     assert failures == [True]
-    assert all(results[i] is not None for i in range(len(ids))), results
+    assert all(isinstance(results[i], ErasedRows) for i in range(len(ids))), results
     assert all(data.counts(sid)["sessions"] == 0 for sid in ids)
 
 
