@@ -16,7 +16,7 @@ from starlette.requests import Request
 from starlette.routing import Router
 from starlette.responses import Response
 
-from agentos_sessions import operators
+from agentos_sessions import fast_lane, operators
 from agentos_sessions.contract import Contract
 from agentos_sessions.errors import register_error_renderer
 from agentos_sessions.security import bearer_handler_for, generate_key
@@ -109,6 +109,7 @@ def create_app(settings: Settings | None = None, *, contract: Contract | None = 
     app.add_url_rule("/openapi.yaml", "openapi_yaml", openapi_yaml, methods=["GET"])
     register_error_renderer(app)
     app.metrics = operators.install(app, settings, storage)
+    app.fast_lane = settings.fast_lane and fast_lane.install(app, contract.document, storage, settings.security_key)
     app.storage = storage
     return app
 

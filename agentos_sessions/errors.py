@@ -14,6 +14,7 @@ from http import HTTPStatus
 from connexion.exceptions import ProblemException
 from connexion.lifecycle import ConnexionRequest, ConnexionResponse
 from starlette.exceptions import HTTPException
+from starlette.responses import Response
 
 logger = logging.getLogger("agentos_sessions.errors")
 
@@ -75,13 +76,20 @@ def error_body(error: ApiError) -> bytes:
     return json.dumps({"detail": error.detail, "error_code": error.error_code}).encode()
 
 
-def render_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+def _answer(exc: Exception, method: str, path: str) -> tuple[ApiError, dict[str, str]]:
     error = as_api_error(exc)
     if error.status >= 500:
-        logger.error("request failed: %s %s", request.method, request.url.path, exc_info=exc)
+        logger.error("request failed: %s %s", method, path, exc_info=exc)
     headers = dict(error.headers)
     if error.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
+    return error, headers
+
+
+# A coroutine: Connexion runs a plain function error handler in the threadpool, a hop
+# per 404 that a backlog of already-erased ids would pay for every time.
+async def render_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse:
+    error, headers = _answer(exc, request.method, request.url.path)
     return ConnexionResponse(
         status_code=error.status,
         mimetype="application/json",
@@ -89,6 +97,12 @@ def render_error(request: ConnexionRequest, exc: Exception) -> ConnexionResponse
         body=error_body(error),
         headers=headers,
     )
+
+
+def error_response(exc: Exception, method: str, path: str) -> Response:
+    """The same answer as ``render_error``, for code that runs outside Connexion's stack."""
+    error, headers = _answer(exc, method, path)
+    return Response(error_body(error), status_code=error.status, media_type="application/json", headers=headers)
 
 
 def register_error_renderer(app) -> None:

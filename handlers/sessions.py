@@ -34,7 +34,13 @@ async def delete_session(session_id: str, db_id: str | None = None, table: str |
         if len(request.query_params.getlist(name)) > 1:
             # Which value would win is a parser detail; a delete must not guess.
             raise ApiError(422, f"The {name} query parameter may be given only once")
-    storage: Storage = request.state.storage
+    return await erase_and_answer(request.state.storage, session_id, db_id, table)
+
+
+async def erase_and_answer(
+    storage: Storage, session_id: str, db_id: str | None = None, table: str | None = None
+) -> Response:
+    """The operation once the request is known to be valid; the fast lane calls it too."""
     attempt = current_request_record()
     try:
         target = storage.locate(db_id, table)
