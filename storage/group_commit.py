@@ -12,6 +12,10 @@ Why it is exactly equivalent to one transaction per request:
   the earlier ones did, as serial transactions would;
 - work that raises (e.g. "not found") is rolled back to its savepoint, so none of its
   changes survive, and its exception is what its caller gets;
+- consecutive work that offers ``run_batch`` under one ``batch_key`` (erases of one
+  table layout) runs as one set of statements instead, which answers each item exactly
+  as it would have been answered alone and leaves a not-found item without effect
+  (``storage/erase.py``, ``_erase_many``);
 - nobody is answered before the shared COMMIT has returned, i.e. is durable under the
   connection's own ``synchronous`` setting (or PostgreSQL's ``synchronous_commit``);
 - anything that goes wrong with the batch as a whole (BEGIN, COMMIT, a database error
@@ -46,6 +50,21 @@ MAX_BATCH = 64
 _STOP = object()
 
 
+class _Flag:
+    """``threading.Event``'s set and is_set, without the lock and condition nobody waits on."""
+
+    __slots__ = ("_set",)
+
+    def __init__(self) -> None:
+        self._set = False
+
+    def set(self) -> None:
+        self._set = True
+
+    def is_set(self) -> bool:
+        return self._set
+
+
 class _Pending(Generic[T]):
     """One caller's work. A thread caller waits on ``done``; an event-loop caller gets
     ``future`` resolved on its own loop, so it needs no threadpool thread at all."""
@@ -54,7 +73,8 @@ class _Pending(Generic[T]):
 
     def __init__(self, work: Callable[[Connection], T], loop: asyncio.AbstractEventLoop | None = None):
         self.work = work
-        self.done = threading.Event()
+        # Only a thread caller blocks on it; an event-loop caller awaits ``future``.
+        self.done = threading.Event() if loop is None else _Flag()
         self.value: T | None = None
         self.error: BaseException | None = None
         self.loop = loop
@@ -70,6 +90,32 @@ def _settle(items: list[_Pending]) -> None:
             item.future.set_exception(item.error)
         else:
             item.future.set_result(item.value)
+
+
+def _batchable(item: _Pending) -> bool:
+    return getattr(item.work, "batch_key", None) is not None
+
+
+def _run_in_runs(conn: Connection, batch: list[_Pending]) -> list[tuple[object, BaseException | None]]:
+    """Each item's (value, error), in arrival order, running runs of work that shares a
+    ``batch_key`` through its ``run_batch`` (one set of statements for all of them).
+
+    Only ``run_batch`` may answer with an error without raising: it promises that such an
+    item changed nothing. Anything raised fails the whole transaction.
+    """
+    outcomes: list[tuple[object, BaseException | None]] = []
+    start = 0
+    while start < len(batch):
+        key = getattr(batch[start].work, "batch_key", None)
+        end = start + 1
+        while key is not None and end < len(batch) and getattr(batch[end].work, "batch_key", None) == key:
+            end += 1
+        if key is not None:
+            outcomes.extend(batch[start].work.run_batch(conn, [item.work for item in batch[start:end]]))
+        else:
+            outcomes.append((batch[start].work(conn), None))
+        start = end
+    return outcomes
 
 
 def _writer_lock_path(database: "Database") -> str | None:
@@ -203,24 +249,25 @@ class GroupCommit:
                 pass
 
     def _commit(self, batch: list[_Pending]) -> None:
-        # Optimistic first: when every erase in the batch succeeds (the usual case),
-        # no savepoints are needed, and savepoints cost SQLite a sub-journal copy of
-        # every page an erase touches. The first raise rolls the whole transaction
-        # back, uncommitted and unanswered, and the batch is redone with savepoints.
-        if len(batch) > 1 and self._commit_optimistically(batch):
+        # Optimistic first: when no work raises (the usual case; run_batch answers a
+        # not-found without raising), no savepoints are needed, and savepoints cost
+        # SQLite a sub-journal copy of every page an erase touches. The first raise
+        # rolls the whole transaction back, uncommitted and unanswered, and the batch is
+        # redone with savepoints.
+        if (len(batch) > 1 or _batchable(batch[0])) and self._commit_optimistically(batch):
             return
         self._commit_with_savepoints(batch)
 
     def _commit_optimistically(self, batch: list[_Pending]) -> bool:
         try:
             with self._writers_in_turn(), self._database._transaction() as conn:
-                values = [item.work(conn) for item in batch]
+                outcomes = _run_in_runs(conn, batch)
         except Exception:
             return False
         self.batches += 1
         self.grouped += len(batch)
-        for item, value in zip(batch, values):
-            item.value = value
+        for item, (value, error) in zip(batch, outcomes):
+            item.value, item.error = value, error
             item.done.set()
         return True
 

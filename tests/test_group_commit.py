@@ -214,3 +214,109 @@ def test_event_loop_callers_without_group_commit_use_a_thread(make_database_sett
         assert asyncio.run(erase_session_async(database, table, session_id)) is None
     finally:
         database.dispose()
+
+
+@pytest.fixture
+def keyed_data(database):
+    """Agno 3.x's sessions and runs, plus transcripts and compactions: every dependent is
+    keyed by the session id, so a batch of erases runs as one set of statements."""
+    agno = AgnoData(database, database.settings.default_session_table)
+    agno.create_all(with_side_tables=False)
+    with database.engine.begin() as conn:
+        agno.sessions.metadata.create_all(conn, tables=[agno.side["transcripts"], agno.side["compactions"]])
+    return agno
+
+
+def plain_erase(database, session_id, table=None):
+    return erase_session(database, table or database.settings.default_session_table, session_id)
+
+
+@contextmanager
+def statements_recorded(database):
+    seen: list[str] = []
+
+    def record(_conn, _cursor, statement, *_args):
+        seen.append(statement)
+
+    event.listen(database.engine, "before_cursor_execute", record)
+    try:
+        yield seen
+    finally:
+        event.remove(database.engine, "before_cursor_execute", record)
+
+
+def test_a_batch_of_plain_erases_is_one_set_of_statements_with_exact_answers(database, keyed_data, monkeypatch):
+    import tests.test_group_commit as this
+
+    monkeypatch.setattr(this, "erase", plain_erase)
+    ids = keyed_data.add_sessions([f"set-{i}" for i in range(12)], runs=3)
+    asked = ids * 2 + ["missing-1", ids[0], "missing-2"]
+    recorded = []
+
+    with statements_recorded(database) as seen:
+        results = run_concurrently(database, asked, queued=lambda: recorded.append(len(seen)))
+    batch_statements = seen[recorded[0]:]
+
+    # One DELETE per table (runs, transcripts, compactions, sessions), however many
+    # erases the batch holds.
+    assert sum(s.lstrip().upper().startswith("DELETE") for s in batch_statements) == 4
+    expected = {"runs": 3, "transcripts": 1, "compactions": 1, "sessions": 1}
+    for session_id in ids:
+        outcomes = [results[i] for i, sid in enumerate(asked) if sid == session_id]
+        # The first ask erases it; every later one finds it gone, as serially.
+        assert outcomes[0] is not None and outcomes[0].counts == expected, outcomes
+        assert all(r is None for r in outcomes[1:]), outcomes
+        assert data_gone(keyed_data, session_id)
+    assert results[len(ids) * 2] is None and results[len(asked) - 1] is None
+
+
+def data_gone(data, session_id) -> bool:
+    return all(count == 0 for count in data.counts(session_id).values())
+
+
+def test_not_found_in_a_set_batch_changes_nothing_orphans_included(database, keyed_data, monkeypatch):
+    import tests.test_group_commit as this
+
+    monkeypatch.setattr(this, "erase", plain_erase)
+    orphan_id = "set-orphan"
+    with database.engine.begin() as conn:
+        conn.execute(keyed_data.side["transcripts"].insert(), {
+            "framework": "f", "project_key": "p", "session_id": "ext", "subpath": "", "position": 0,
+            "entry": "e", "agno_session_id": orphan_id, "created_at": 1})  # fmt: skip
+    real = keyed_data.add_sessions(["set-real-1", "set-real-2"], runs=2)
+    batches_before = database.group_commit.batches
+
+    results = run_concurrently(database, [real[0], orphan_id, real[1]])
+
+    assert database.group_commit.batches - batches_before == 2  # no redo: the not-found did not raise
+    assert results[1] is None
+    assert keyed_data.counts(orphan_id)["transcripts"] == 1
+    assert results[0].counts["sessions"] == results[2].counts["sessions"] == 1
+    assert data_gone(keyed_data, real[0]) and data_gone(keyed_data, real[1])
+
+
+def test_erases_of_different_tables_in_one_batch_keep_their_order(make_database_settings, monkeypatch):
+    from storage import Database
+
+    import tests.test_group_commit as this
+
+    settings = make_database_settings(session_tables=("agno_sessions", "team_sessions"))
+    database = Database(settings, busy_timeout_ms=2000, group_commit=True)
+    try:
+        agent, team = (AgnoData(database, table) for table in settings.session_tables)
+        agent.create_all(with_side_tables=False)
+        team.create_all(with_side_tables=False)
+        agent_ids = agent.add_sessions(["mix-a1", "mix-a2", "mix-a3"], runs=1)
+        team_ids = team.add_sessions(["mix-t1", "mix-t2"], runs=4)
+        tables = {sid: settings.session_tables[0] for sid in agent_ids} | {sid: settings.session_tables[1] for sid in team_ids}
+        monkeypatch.setattr(this, "erase", lambda db, sid: plain_erase(db, sid, tables.get(sid, settings.session_tables[0])))
+        asked = ["mix-a1", "mix-a2", "mix-t1", "mix-a3", "mix-t2", "mix-t1", "mix-a1"]
+
+        results = run_concurrently(database, asked)
+
+        assert [r.counts["runs"] if r is not None else None for r in (results[i] for i in range(len(asked)))] == [
+            1, 1, 4, 1, 4, None, None
+        ]
+        assert all(data_gone(agent, sid) for sid in agent_ids) and all(data_gone(team, sid) for sid in team_ids)
+    finally:
+        database.dispose()
