@@ -104,14 +104,15 @@ class Database:
         found = {(row.schemaname, row.tablename) for row in rows}
         return {r for r in refs if (r.schema or "public", r.name) in found}
 
+    def connect_for_writes(self) -> Connection:
+        # SQLite: take the write lock up front, so the busy timeout applies to
+        # acquiring it and a read can never need upgrading mid-transaction.
+        return self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
+
     @contextmanager
     def _transaction(self) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
-            # SQLite: take the write lock up front, so the busy timeout applies to
-            # acquiring it and a read can never need upgrading mid-transaction.
-            conn = conn.execution_options(sqlite_begin="IMMEDIATE")
-            with conn.begin():
-                yield conn
+        with self.connect_for_writes() as conn, conn.begin():
+            yield conn
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one write transaction: all of it commits, or none of it."""

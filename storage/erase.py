@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Callable
 
-from sqlalchemy import Connection, bindparam, column, delete, select, table, tuple_
+from sqlalchemy import Connection, any_, bindparam, column, delete, select, table, tuple_
 
 from agentos_sessions.settings import SessionTable
 from storage.database import Database
@@ -295,37 +295,48 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
 
 @dataclass(frozen=True)
 class _BatchStatements:
-    """A plan's statements for a given number of session ids, compiled once."""
+    """A plan's statements for many session ids at once, compiled once."""
 
     found: str
     dependents: tuple[tuple[str, str], ...]
     sessions: str
-    positional: bool
+    as_array: bool  # one array parameter (PostgreSQL), else one positional per id
 
     def bind(self, ids: list[str]):
-        return tuple(ids) if self.positional else {f"id{i}": session_id for i, session_id in enumerate(ids)}
+        return {"ids": ids} if self.as_array else tuple(ids)
 
 
 def _batch_statements(database: Database, plan: _Plan, count: int) -> _BatchStatements:
+    # PostgreSQL takes the ids as one array, so one statement text serves every batch
+    # size and stays prepared; SQLite has no arrays and gets one text per size.
+    as_array = database.dialect == "postgresql"
     cache = database.__dict__.setdefault("_batch_statements", {})
-    key = (id(plan), count)  # plans are kept for the database's lifetime
+    key = (id(plan), None if as_array else count)  # plans are kept for the database's lifetime
     statements = cache.get(key)
     if statements is None:
-        ids = [bindparam(f"id{i}") for i in range(count)]
         sessions = _table(plan.sessions_ref, "session_id")
-        found = select(sessions.c.session_id).where(sessions.c.session_id.in_(ids)).with_for_update()
+        if as_array:
+            ids = bindparam("ids")
+
+            def one_of(column_):
+                return column_ == any_(ids)
+
+        else:
+            ids_list = [bindparam(f"id{i}") for i in range(count)]
+
+            def one_of(column_):
+                return column_.in_(ids_list)
+
+        found = select(sessions.c.session_id).where(one_of(sessions.c.session_id)).with_for_update()
         dependents = []
         for kind, ref, key_column in plan.keyed_dependents or ():
             target = _table(ref, key_column)
-            dependents.append(
-                (kind, delete(target).where(target.c[key_column].in_(ids)).returning(target.c[key_column]))
-            )
-        erase_sessions = delete(sessions).where(sessions.c.session_id.in_(ids)).returning(sessions.c.session_id)
-        found_sql, binds = _compile(database, found)
+            dependents.append((kind, delete(target).where(one_of(target.c[key_column])).returning(target.c[key_column])))
+        erase_sessions = delete(sessions).where(one_of(sessions.c.session_id)).returning(sessions.c.session_id)
         statements = cache[key] = _BatchStatements(
-            found=found_sql,
+            found=_compile(database, found)[0],
             dependents=tuple((kind, _compile(database, statement)[0]) for kind, statement in dependents),
             sessions=_compile(database, erase_sessions)[0],
-            positional=binds >= 0,
+            as_array=as_array,
         )
     return statements

@@ -138,6 +138,7 @@ class GroupCommit:
         self.grouped = 0  # work items committed through a shared transaction
         self._lock_path = _writer_lock_path(database)
         self._lock_fd: int | None = None
+        self._conn: Connection | None = None  # the writer thread's own, kept across batches
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction that may be shared; return once it is durable."""
@@ -179,9 +180,33 @@ class GroupCommit:
                 self._queue.put(_STOP)
         if thread is not None:
             thread.join()
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None
+
+    @contextmanager
+    def _batch_transaction(self):
+        """One write transaction on the writer's own connection.
+
+        The connection is kept from batch to batch: checking one out of the pool costs a
+        round trip on PostgreSQL (``pool_pre_ping``) and Python work on both. After a
+        database error it is dropped, so a server that went away costs one failed batch,
+        whose erases are then redone alone through ``Database.write`` (which pings), and
+        the next batch connects afresh.
+        """
+        if self._conn is None:
+            self._conn = self._database.connect_for_writes()
+        try:
+            with self._conn.begin():
+                yield self._conn
+        except DBAPIError:
+            # SQLAlchemy has already invalidated it if the error was a disconnect.
+            conn, self._conn = self._conn, None
+            conn.close()
+            raise
 
     @contextmanager
     def _writers_in_turn(self):
@@ -260,7 +285,7 @@ class GroupCommit:
 
     def _commit_optimistically(self, batch: list[_Pending]) -> bool:
         try:
-            with self._writers_in_turn(), self._database._transaction() as conn:
+            with self._writers_in_turn(), self._batch_transaction() as conn:
                 outcomes = _run_in_runs(conn, batch)
         except Exception:
             return False
@@ -274,7 +299,7 @@ class GroupCommit:
     def _commit_with_savepoints(self, batch: list[_Pending]) -> None:
         alone: list[_Pending] = []
         try:
-            with self._writers_in_turn(), self._database._transaction() as conn:
+            with self._writers_in_turn(), self._batch_transaction() as conn:
                 for item in batch:
                     savepoint = conn.begin_nested()
                     try:

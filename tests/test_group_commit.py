@@ -140,7 +140,7 @@ def test_a_database_error_in_one_erase_fails_only_that_erase(database, data):
 
 def test_a_failed_shared_commit_retries_each_erase_alone(database, data, monkeypatch):
     ids = [data.add_session(runs=1) for _ in range(4)]
-    real_transaction = database._transaction
+    real_transaction = database.group_commit._batch_transaction
     failures = []
 
     @contextmanager
@@ -153,7 +153,7 @@ def test_a_failed_shared_commit_retries_each_erase_alone(database, data, monkeyp
                 raise RuntimeError("commit refused")
 
     def queued():
-        monkeypatch.setattr(database, "_transaction", failing_once)
+        monkeypatch.setattr(database.group_commit, "_batch_transaction", failing_once)
 
     results = run_concurrently(database, ids, queued=queued)
 
