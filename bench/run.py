@@ -164,6 +164,19 @@ class Server:
                 pass
         return total
 
+    def event_loop_cpu_seconds(self) -> float:
+        """CPU of the workers' main threads (the event loop); the rest is the writer threads'."""
+        total = 0.0
+        for process in self.worker_processes():
+            try:
+                with open(f"/proc/{process.pid}/task/{process.pid}/stat") as stat:
+                    fields = stat.read().rpartition(")")[2].split()
+            except FileNotFoundError:
+                continue
+            # utime and stime are fields 14 and 15 of stat; 12 and 13 after the name.
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return total
+
     def peak_rss_mb(self) -> float:
         peaks = []
         for process in self.worker_processes():
@@ -238,10 +251,11 @@ class Bench:
             runs.append((run_wrk(server.port, warm_dir, self.token, 3, timeout), warm_slices))
         ids_dir = self.work / f"ids-{tag}"
         slices = write_id_files(ids_dir, ids, CONNECTIONS)
-        cpu_before = server.cpu_seconds()
+        cpu_before, loop_before = server.cpu_seconds(), server.event_loop_cpu_seconds()
         spies = self._spy(server, tag)
         out = run_wrk(server.port, ids_dir, self.token, self.profile.duration, timeout)
         cpu = server.cpu_seconds() - cpu_before
+        self.event_loop_share = (server.event_loop_cpu_seconds() - loop_before) / cpu if cpu else None
         for spy in spies:
             spy.wait(timeout=60)
         runs.append((out, slices))
@@ -292,6 +306,7 @@ class Bench:
             server.stop()
         result = Result("ours", backend, workers, table_sessions, runs, size if runs == 3 else self.profile.main_size)
         self._fill(result, out, cpu, rss)
+        result.detail["event_loop_cpu_share"] = self.event_loop_share
         states: dict[str, str] = {}
         for load, slices in loads:
             if load["errors"]["timeout"] + load["bad"]:
@@ -372,7 +387,9 @@ class Bench:
         log(f"  -> {result.kind} {result.rps:,.0f}/s p50 {result.p50_ms:.2f} p99 {result.p99_ms:.2f} "
             f"p99.9 {result.p999_ms:.2f} ms errors {result.errors} verified {result.verified}"
             + (f" cpu {result.cpu_ms_per_request:.2f} ms/req rss {result.peak_rss_mb:.0f} MB"
-               if result.cpu_ms_per_request is not None else ""))
+               if result.cpu_ms_per_request is not None else "")
+            + (f" (event loop {result.detail['event_loop_cpu_share']:.0%} of it)"
+               if result.detail.get("event_loop_cpu_share") else ""))
         return result
 
 

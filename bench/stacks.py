@@ -20,8 +20,8 @@ def summarise(directory: Path, top: int = 25) -> str:
     for path in sorted(directory.glob("*.txt")):
         for line in path.read_text().splitlines():
             stack, _, count = line.rpartition(" ")
-            if not stack:
-                continue
+            if not stack or not count.isdigit():
+                continue  # py-spy stopped mid-line when the worker was killed
             n = int(count)
             frames = stack.split(";")
             thread = re.sub(r"\d+", "#", frames[0])
