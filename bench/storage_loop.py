@@ -19,11 +19,12 @@ import sys
 import threading
 import time
 
+from storage.database import sqlite_pragmas
+
 
 def _sqlite_worker(path: str, ids: list[str], deadline: float, out: dict) -> None:
     conn = sqlite3.connect(path, isolation_level=None, timeout=5.0, check_same_thread=False)
-    for pragma in ("PRAGMA journal_mode=WAL", "PRAGMA foreign_keys=ON", "PRAGMA busy_timeout=5000",
-                   "PRAGMA synchronous=FULL"):
+    for pragma in sqlite_pragmas(busy_timeout_ms=5000):  # the service's own, default timeout
         conn.execute(pragma)
     latencies, done, missing = [], 0, 0
     start = time.perf_counter()

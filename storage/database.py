@@ -172,6 +172,17 @@ class Database:
         self.engine.dispose()
 
 
+def sqlite_pragmas(busy_timeout_ms: int) -> tuple[str, ...]:
+    """Every SQLite connection's settings; the benchmark's storage ceiling uses them too."""
+    return (
+        "PRAGMA journal_mode=WAL",
+        "PRAGMA foreign_keys=ON",
+        f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
+        # Every acknowledged erase survives a power cut, not only a process crash.
+        "PRAGMA synchronous=FULL",
+    )
+
+
 def _make_engine(url: str, busy_timeout_ms: int) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
@@ -189,13 +200,7 @@ def _make_engine(url: str, busy_timeout_ms: int) -> Engine:
         # Transactions are begun explicitly below, not by the driver.
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
-        for pragma in (
-            "PRAGMA journal_mode=WAL",
-            "PRAGMA foreign_keys=ON",
-            f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
-            # Every acknowledged erase survives a power cut, not only a process crash.
-            "PRAGMA synchronous=FULL",
-        ):
+        for pragma in sqlite_pragmas(busy_timeout_ms):
             cursor.execute(pragma)
         cursor.close()
 

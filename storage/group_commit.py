@@ -31,6 +31,7 @@ import fcntl
 import logging
 import os
 import queue
+import sys
 import threading
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Generic, TypeVar
@@ -46,6 +47,11 @@ logger = logging.getLogger("storage.group_commit")
 
 # Bounds how long the first erase of a batch waits for the last one's work.
 MAX_BATCH = 64
+# After each statement the writer must win the GIL back from its event loop, while it
+# holds the lock every worker's writer queues on. CPython makes a busy thread let go
+# only after the switch interval (5 ms by default); at 0.5 ms the writers' turns got
+# 7-19% more erases per second through, in three back-to-back pairs (bench/README.md).
+WRITER_SWITCH_INTERVAL = 0.0005
 
 _STOP = object()
 
@@ -166,6 +172,8 @@ class GroupCommit:
             if self._closed:
                 return False
             if self._thread is None:
+                # Only ever shortened: the interval is the whole process's.
+                sys.setswitchinterval(min(sys.getswitchinterval(), WRITER_SWITCH_INTERVAL))
                 # Started on first use, in the process that serves (workers are spawned).
                 self._thread = threading.Thread(target=self._loop, name=f"group-commit-{self._database.id}", daemon=True)
                 self._thread.start()

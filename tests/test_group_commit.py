@@ -320,3 +320,17 @@ def test_erases_of_different_tables_in_one_batch_keep_their_order(make_database_
         assert all(data_gone(agent, sid) for sid in agent_ids) and all(data_gone(team, sid) for sid in team_ids)
     finally:
         database.dispose()
+
+
+def test_the_writer_gets_the_gil_back_quickly(database, data):
+    import sys
+
+    from storage.group_commit import WRITER_SWITCH_INTERVAL
+
+    previous = sys.getswitchinterval()
+    try:
+        sys.setswitchinterval(0.005)
+        assert erase(database, data.add_session(runs=1)) is not None
+        assert sys.getswitchinterval() <= WRITER_SWITCH_INTERVAL
+    finally:
+        sys.setswitchinterval(previous)
