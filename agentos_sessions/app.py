@@ -109,7 +109,8 @@ def create_app(settings: Settings | None = None, *, contract: Contract | None = 
     app.add_url_rule("/openapi.yaml", "openapi_yaml", openapi_yaml, methods=["GET"])
     register_error_renderer(app)
     app.metrics = operators.install(app, settings, storage)
-    app.fast_lane = settings.fast_lane and fast_lane.install(app, contract.document, storage, settings.security_key)
+    if settings.fast_lane:
+        fast_lane.install(app, contract.document, storage, settings.security_key)
     app.storage = storage
     return app
 

@@ -45,6 +45,7 @@ _UNRESERVED = re.compile(rb"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
 _BODY_HEADERS = (b"content-type", b"transfer-encoding")
 # Schema keywords that only describe a value; anything else would constrain it.
 _ANNOTATIONS = {"description", "title"}
+_STRING, _NULL = {"type": "string"}, {"type": "null"}
 
 
 def _is_plain_string(schema: Any, *, nullable: bool) -> bool:
@@ -54,10 +55,7 @@ def _is_plain_string(schema: Any, *, nullable: bool) -> bool:
     if schema.keys() - _ANNOTATIONS == {"type"}:
         return schema["type"] == "string"
     if nullable and schema.keys() - _ANNOTATIONS == {"anyOf"}:
-        branches = schema["anyOf"]
-        return isinstance(branches, list) and sorted(map(str, branches)) == sorted(
-            [str({"type": "string"}), str({"type": "null"})]
-        )
+        return schema["anyOf"] in ([_STRING, _NULL], [_NULL, _STRING])
     return False
 
 
@@ -160,18 +158,17 @@ def keeps_keys_plain(key: str) -> bool:
     return re.fullmatch(r"[!-~]+", key) is not None
 
 
-def install(app, contract_document: dict[str, Any], storage: Storage, security_key: str) -> bool:
+def install(app, contract_document: dict[str, Any], storage: Storage, security_key: str) -> None:
     """Add the lane inside the operators' middleware, if the contract and key allow one."""
     from connexion.middleware import MiddlewarePosition
 
     route = Route.from_contract(contract_document)
     if route is None or not keeps_keys_plain(security_key):
-        return False
+        return
     # Same position as the operators' middleware, added after it, so it runs inside it.
     app.add_middleware(
         FastLane, position=MiddlewarePosition.BEFORE_EXCEPTION, route=route, storage=storage, security_key=security_key
     )
-    return True
 
 
 class FastLane:

@@ -269,8 +269,8 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
     plan = _plan_in(conn, first.database, first.session_table, first.erase_traces)
     if plan.keyed_dependents is None:
         return [(work(conn), None) for work in works]
-    statements = _batch_statements(first.database, plan, len(dict.fromkeys(w.session_id for w in works)))
     ids = list(dict.fromkeys(work.session_id for work in works))
+    statements = _batch_statements(first.database, plan, len(ids))
     found = {row[0] for row in conn.exec_driver_sql(statements.found, statements.bind(ids))}
     erased = {session_id: ErasedRows() for session_id in ids if session_id in found}
     if erased:

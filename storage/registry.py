@@ -82,7 +82,8 @@ class Storage:
     async def erase_async(
         self, target: Target, session_id: str, *, audit: AuditEntry | None = None
     ) -> ErasedRows | None:
-        """``erase`` for the event loop (see ``Database.write_shared_async``)."""
+        """Erase a session where ``locate`` found it, with its audit row if configured;
+        awaited on the event loop (see ``Database.write_shared_async``)."""
         try:
             return await erase_session_async(
                 target.database,
