@@ -254,7 +254,7 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
 
     Why: run one by one, a batch of erases costs a few statements each, and every one of
     them is a round trip (PostgreSQL) or a GIL hand-over (SQLite) while the lock that
-    serialises writers is held. Here the batch costs four statements in all.
+    serialises writers is held. Here the batch costs a few statements in all.
 
     Why the answers are exactly those of serial transactions: the sessions that exist
     are read first (and locked on PostgreSQL, so no one can remove them before we do;
@@ -270,22 +270,10 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
     if plan.keyed_dependents is None:
         return [(work(conn), None) for work in works]
     ids = list(dict.fromkeys(work.session_id for work in works))
-    statements = _batch_statements(first.database, plan, len(ids))
-    found = {row[0] for row in conn.exec_driver_sql(statements.found, statements.bind(ids))}
-    erased = {session_id: ErasedRows() for session_id in ids if session_id in found}
-    if erased:
-        present = [session_id for session_id in ids if session_id in erased]
-        statements = _batch_statements(first.database, plan, len(present))
-        for kind, sql in statements.dependents:
-            for rows in erased.values():
-                rows.counts[kind] = 0
-            for (session_id,) in conn.exec_driver_sql(sql, statements.bind(present)):
-                erased[session_id].counts[kind] += 1
-        gone = {row[0] for row in conn.exec_driver_sql(statements.sessions, statements.bind(present))}
-        if gone != set(present):
-            raise RuntimeError("sessions changed under a locked batch erase")
-        for rows in erased.values():
-            rows.counts["sessions"] = 1
+    if first.database.dialect == "sqlite":
+        erased = _erase_counted(conn, first.database, plan, ids)
+    else:
+        erased = _erase_returning(conn, first.database, plan, ids)
     outcomes: list[tuple[ErasedRows | None, Exception | None]] = []
     for work in works:
         rows = erased.pop(work.session_id, None)
@@ -293,50 +281,122 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
     return outcomes
 
 
+def _erase_returning(conn: Connection, database: Database, plan: _Plan, ids: list[str]) -> dict[str, ErasedRows]:
+    """PostgreSQL: lock the sessions that exist, then delete with RETURNING for exact
+    per-session counts. A statement's rows arrive in one message, so RETURNING is cheap."""
+    statements = _returning_statements(database, plan)
+    bind = {"ids": ids}
+    erased = {row[0]: ErasedRows() for row in conn.exec_driver_sql(statements.survey, bind)}
+    if not erased:
+        return erased
+    bind = {"ids": [session_id for session_id in ids if session_id in erased]}
+    for kind, sql in statements.dependents:
+        for rows in erased.values():
+            rows.counts[kind] = 0
+        for (session_id,) in conn.exec_driver_sql(sql, bind):
+            erased[session_id].counts[kind] += 1
+    gone = {row[0] for row in conn.exec_driver_sql(statements.sessions, bind)}
+    if gone != set(erased):
+        raise RuntimeError("sessions changed under a locked batch erase")
+    for rows in erased.values():
+        rows.counts["sessions"] = 1
+    return erased
+
+
+# Ids per survey: each takes 1 + (dependent tables) columns, and SQLite allows 2,000.
+_SURVEY_IDS = 250
+
+
+def _erase_counted(conn: Connection, database: Database, plan: _Plan, ids: list[str]) -> dict[str, ErasedRows]:
+    """SQLite: one single-row survey of what exists, then one plain DELETE per table.
+
+    Why not RETURNING as on PostgreSQL: Python's sqlite3 lets go of the GIL for every
+    row it steps through, and under load the writer then waits up to a switch interval
+    to get it back from its event loop, per row, while it holds the lock every worker's
+    writer queues on. One row for the whole survey keeps those hand-overs to a handful
+    per batch (bench/README.md has the figures). The write lock is held throughout, so
+    what the survey counted is exactly what the deletes remove; they are checked anyway.
+    """
+    erased: dict[str, ErasedRows] = {}
+    for start in range(0, len(ids), _SURVEY_IDS):
+        chunk = ids[start : start + _SURVEY_IDS]
+        statements = _sqlite_statements(database, plan, len(chunk))
+        figures = conn.exec_driver_sql(statements.survey, tuple(chunk)).first()
+        kinds = [kind for kind, _ in statements.dependents]
+        per_id = 1 + len(kinds)  # exists, then a count per dependent table
+        for position, session_id in enumerate(chunk):
+            exists, *counts = figures[position * per_id : (position + 1) * per_id]
+            if exists:
+                erased[session_id] = ErasedRows(dict(zip(kinds, counts), sessions=1))
+    if not erased:
+        return erased
+    present = tuple(session_id for session_id in ids if session_id in erased)
+    deletes = _sqlite_statements(database, plan, len(present))
+    for kind, sql in deletes.dependents:
+        expected = sum(rows.counts[kind] for rows in erased.values())
+        if conn.exec_driver_sql(sql, present).rowcount != expected:
+            raise RuntimeError("rows changed under a locked batch erase")
+    if conn.exec_driver_sql(deletes.sessions, present).rowcount != len(present):
+        raise RuntimeError("sessions changed under a locked batch erase")
+    return erased
+
+
 @dataclass(frozen=True)
 class _BatchStatements:
-    """A plan's statements for many session ids at once, compiled once."""
+    """A plan's statements for many session ids at once, compiled once.
 
-    found: str
+    ``survey`` is the first statement: PostgreSQL's locked read of which sessions exist,
+    or SQLite's single-row count of sessions and dependents per id.
+    """
+
+    survey: str
     dependents: tuple[tuple[str, str], ...]
     sessions: str
-    as_array: bool  # one array parameter (PostgreSQL), else one positional per id
-
-    def bind(self, ids: list[str]):
-        return {"ids": ids} if self.as_array else tuple(ids)
 
 
-def _batch_statements(database: Database, plan: _Plan, count: int) -> _BatchStatements:
-    # PostgreSQL takes the ids as one array, so one statement text serves every batch
-    # size and stays prepared; SQLite has no arrays and gets one text per size.
-    as_array = database.dialect == "postgresql"
+def _returning_statements(database: Database, plan: _Plan) -> _BatchStatements:
+    # The ids go as one array, so one statement text serves every batch size and
+    # stays prepared.
     cache = database.__dict__.setdefault("_batch_statements", {})
-    key = (id(plan), None if as_array else count)  # plans are kept for the database's lifetime
+    key = id(plan)  # plans are kept for the database's lifetime
     statements = cache.get(key)
     if statements is None:
+        ids = bindparam("ids")
         sessions = _table(plan.sessions_ref, "session_id")
-        if as_array:
-            ids = bindparam("ids")
-
-            def one_of(column_):
-                return column_ == any_(ids)
-
-        else:
-            ids_list = [bindparam(f"id{i}") for i in range(count)]
-
-            def one_of(column_):
-                return column_.in_(ids_list)
-
-        found = select(sessions.c.session_id).where(one_of(sessions.c.session_id)).with_for_update()
+        found = select(sessions.c.session_id).where(sessions.c.session_id == any_(ids)).with_for_update()
         dependents = []
         for kind, ref, key_column in plan.keyed_dependents or ():
             target = _table(ref, key_column)
-            dependents.append((kind, delete(target).where(one_of(target.c[key_column])).returning(target.c[key_column])))
-        erase_sessions = delete(sessions).where(one_of(sessions.c.session_id)).returning(sessions.c.session_id)
+            dependents.append(
+                (kind, delete(target).where(target.c[key_column] == any_(ids)).returning(target.c[key_column]))
+            )
+        erase_sessions = delete(sessions).where(sessions.c.session_id == any_(ids)).returning(sessions.c.session_id)
         statements = cache[key] = _BatchStatements(
-            found=_compile(database, found)[0],
+            survey=_compile(database, found)[0],
             dependents=tuple((kind, _compile(database, statement)[0]) for kind, statement in dependents),
             sessions=_compile(database, erase_sessions)[0],
-            as_array=as_array,
+        )
+    return statements
+
+
+def _sqlite_statements(database: Database, plan: _Plan, count: int) -> _BatchStatements:
+    # SQLite has no arrays: one text per batch size, each id bound once as ?1..?count.
+    cache = database.__dict__.setdefault("_batch_statements", {})
+    key = (id(plan), count)
+    statements = cache.get(key)
+    if statements is None:
+        quote = database.engine.dialect.identifier_preparer.quote
+        numbered = [f"?{position}" for position in range(1, count + 1)]
+        in_ids = "IN (" + ", ".join(numbered) + ")"
+        sessions_table, sessions_key = quote(plan.sessions_ref.name), quote("session_id")
+        keyed = [(kind, quote(ref.name), quote(key_column)) for kind, ref, key_column in plan.keyed_dependents or ()]
+        columns = []
+        for param in numbered:
+            columns.append(f"EXISTS (SELECT 1 FROM {sessions_table} WHERE {sessions_key} = {param})")
+            columns += [f"(SELECT count(*) FROM {name} WHERE {key_column} = {param})" for _, name, key_column in keyed]
+        statements = cache[key] = _BatchStatements(
+            survey="SELECT " + ", ".join(columns),
+            dependents=tuple((kind, f"DELETE FROM {name} WHERE {key_column} {in_ids}") for kind, name, key_column in keyed),
+            sessions=f"DELETE FROM {sessions_table} WHERE {sessions_key} {in_ids}",
         )
     return statements
