@@ -87,6 +87,15 @@ class Database:
                 self._absent |= unknown - found
         return wanted & self._present
 
+    def known(self, refs: Iterable[TableRef]) -> tuple[set[TableRef], tuple[TableRef, ...]]:
+        """Of ``refs``: those seen to exist, and the rest, in order, still to look up."""
+        refs = tuple(refs)
+        return {r for r in refs if r in self._present}, tuple(r for r in refs if r not in self._present)
+
+    def remember_present(self, refs: Iterable[TableRef]) -> None:
+        """Tables a caller's own look-up found (see ``existing``)."""
+        self._present.update(refs)
+
     def _look_up(self, conn: Connection, refs: set[TableRef]) -> set[TableRef]:
         if self.dialect == "sqlite":
             names = {r.name for r in refs}

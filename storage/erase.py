@@ -209,20 +209,25 @@ def _plan_for(
     return plan
 
 
-def _plan_in(conn: Connection, database: Database, session_table: SessionTable, erase_traces: bool) -> _Plan:
-    """The plan for the tables present now, inside this transaction."""
-    sessions_ref = database.ref(session_table.name)
-    candidates = [
-        sessions_ref,
+def _candidates(database: Database, session_table: SessionTable, erase_traces: bool) -> tuple[TableRef, ...]:
+    """Every table an erase may touch, the sessions table first."""
+    candidates = (
+        database.ref(session_table.name),
         database.ref(session_table.runs_table),
         database.ref(TRANSCRIPTS_TABLE),
         database.ref(COMPACTIONS_TABLE),
         database.ref(TOOL_RESULTS_TABLE),
         database.payload_ref(PAYLOAD_TABLE),
-    ]
+    )
     if erase_traces:
-        candidates += [database.ref(database.settings.traces_table), database.ref(database.settings.spans_table)]
-    present = database.existing(conn, candidates)
+        candidates += (database.ref(database.settings.traces_table), database.ref(database.settings.spans_table))
+    return candidates
+
+
+def _plan_in(conn: Connection, database: Database, session_table: SessionTable, erase_traces: bool) -> _Plan:
+    """The plan for the tables present now, inside this transaction."""
+    sessions_ref = database.ref(session_table.name)
+    present = database.existing(conn, _candidates(database, session_table, erase_traces))
     if sessions_ref not in present:
         raise SessionTableMissing(session_table.name)
     return _plan_for(database, session_table, erase_traces, frozenset(present))
@@ -266,14 +271,18 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
     savepoints, as before.
     """
     first = works[0]
-    plan = _plan_in(conn, first.database, first.session_table, first.erase_traces)
+    database = first.database
+    ids = list(dict.fromkeys(work.session_id for work in works))
+    if database.dialect == "postgresql":
+        plan, found = _lock_and_look_up(conn, database, first.session_table, first.erase_traces, ids)
+    else:
+        plan, found = _plan_in(conn, database, first.session_table, first.erase_traces), None
     if plan.keyed_dependents is None:
         return [(work(conn), None) for work in works]
-    ids = list(dict.fromkeys(work.session_id for work in works))
-    if first.database.dialect == "sqlite":
-        erased = _erase_counted(conn, first.database, plan, ids)
+    if found is None:
+        erased = _erase_counted(conn, database, plan, ids)
     else:
-        erased = _erase_returning(conn, first.database, plan, ids)
+        erased = _erase_returning(conn, database, plan, [session_id for session_id in ids if session_id in found])
     outcomes: list[tuple[ErasedRows | None, Exception | None]] = []
     for work in works:
         rows = erased.pop(work.session_id, None)
@@ -281,15 +290,59 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
     return outcomes
 
 
+def _lock_and_look_up(
+    conn: Connection, database: Database, session_table: SessionTable, erase_traces: bool, ids: list[str]
+) -> tuple[_Plan, set[str]]:
+    """PostgreSQL: lock the sessions that exist and look up the tables not known to
+    exist, in one round trip; return the plan for those tables and the ids found.
+
+    Why one statement: PostgreSQL has nothing like SQLite's schema version to tell us
+    that no table appeared, so absent tables (transcripts, compactions...) are looked
+    up in every transaction, and a round trip of its own cost each batch about as much
+    as one of its deletes.
+    """
+    candidates = _candidates(database, session_table, erase_traces)
+    present, unknown = database.known(candidates)
+    if candidates[0] not in present:
+        # Once: the usual look-up, which reports a missing sessions table properly.
+        _plan_in(conn, database, session_table, erase_traces)
+        present, unknown = database.known(candidates)
+    survey = _locking_survey(database, candidates[0], unknown)
+    bind: dict[str, object] = {"ids": ids}
+    for position, ref in enumerate(unknown):
+        bind[f"schema{position}"], bind[f"name{position}"] = ref.schema or "public", ref.name
+    locked, *exists = conn.exec_driver_sql(survey, bind).one()
+    appeared = {ref for ref, table_exists in zip(unknown, exists) if table_exists}
+    database.remember_present(appeared)
+    plan = _plan_for(database, session_table, erase_traces, frozenset(present | appeared))
+    return plan, set(locked or ())
+
+
+def _locking_survey(database: Database, sessions_ref: TableRef, unknown: tuple[TableRef, ...]) -> str:
+    cache = database.__dict__.setdefault("_locking_surveys", {})
+    key = (sessions_ref, unknown)
+    sql = cache.get(key)
+    if sql is None:
+        sessions = _table(sessions_ref, "session_id")
+        locked = select(sessions.c.session_id).where(sessions.c.session_id == any_(bindparam("ids"))).with_for_update()
+        columns = [f"ARRAY({_compile(database, locked)[0]})"] + [
+            f"EXISTS (SELECT 1 FROM pg_catalog.pg_tables WHERE schemaname = %(schema{position})s"
+            f" AND tablename = %(name{position})s)"
+            for position in range(len(unknown))
+        ]
+        sql = cache[key] = "SELECT " + ", ".join(columns)
+    return sql
+
+
 def _erase_returning(conn: Connection, database: Database, plan: _Plan, ids: list[str]) -> dict[str, ErasedRows]:
-    """PostgreSQL: lock the sessions that exist, then delete with RETURNING for exact
-    per-session counts. A statement's rows arrive in one message, so RETURNING is cheap."""
-    statements = _returning_statements(database, plan)
-    bind = {"ids": ids}
-    erased = {row[0]: ErasedRows() for row in conn.exec_driver_sql(statements.survey, bind)}
+    """PostgreSQL: delete the locked sessions' dependents and rows with RETURNING, for
+    exact per-session counts. A statement's rows arrive in one message, so RETURNING
+    is cheap there."""
+    erased = {session_id: ErasedRows() for session_id in ids}
     if not erased:
         return erased
-    bind = {"ids": [session_id for session_id in ids if session_id in erased]}
+    statements = _returning_statements(database, plan)
+    bind = {"ids": ids}
     for kind, sql in statements.dependents:
         for rows in erased.values():
             rows.counts[kind] = 0
@@ -343,15 +396,12 @@ def _erase_counted(conn: Connection, database: Database, plan: _Plan, ids: list[
 
 @dataclass(frozen=True)
 class _BatchStatements:
-    """A plan's statements for many session ids at once, compiled once.
+    """A plan's deletes for many session ids at once, compiled once; on SQLite also the
+    single-row survey that precedes them (PostgreSQL's is ``_locking_survey``)."""
 
-    ``survey`` is the first statement: PostgreSQL's locked read of which sessions exist,
-    or SQLite's single-row count of sessions and dependents per id.
-    """
-
-    survey: str
     dependents: tuple[tuple[str, str], ...]
     sessions: str
+    survey: str | None = None
 
 
 def _returning_statements(database: Database, plan: _Plan) -> _BatchStatements:
@@ -363,7 +413,6 @@ def _returning_statements(database: Database, plan: _Plan) -> _BatchStatements:
     if statements is None:
         ids = bindparam("ids")
         sessions = _table(plan.sessions_ref, "session_id")
-        found = select(sessions.c.session_id).where(sessions.c.session_id == any_(ids)).with_for_update()
         dependents = []
         for kind, ref, key_column in plan.keyed_dependents or ():
             target = _table(ref, key_column)
@@ -372,7 +421,6 @@ def _returning_statements(database: Database, plan: _Plan) -> _BatchStatements:
             )
         erase_sessions = delete(sessions).where(sessions.c.session_id == any_(ids)).returning(sessions.c.session_id)
         statements = cache[key] = _BatchStatements(
-            survey=_compile(database, found)[0],
             dependents=tuple((kind, _compile(database, statement)[0]) for kind, statement in dependents),
             sessions=_compile(database, erase_sessions)[0],
         )

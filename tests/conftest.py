@@ -61,8 +61,8 @@ def make_database_settings(backend, tmp_path):
 def make_database(make_database_settings):
     opened: list[Database] = []
 
-    def make(*args, **kwargs) -> Database:
-        database = Database(make_database_settings(*args, **kwargs), busy_timeout_ms=2000)
+    def make(*args, group_commit: bool = False, **kwargs) -> Database:
+        database = Database(make_database_settings(*args, **kwargs), busy_timeout_ms=2000, group_commit=group_commit)
         opened.append(database)
         return database
 

@@ -270,6 +270,12 @@ def test_a_batch_of_plain_erases_is_one_set_of_statements_with_exact_answers(dat
         batch_results = with_rows[recorded[0][1]:]
         assert len(batch_results) == 2, batch_results
         assert not any(s.lstrip().upper().startswith("DELETE") for s in batch_results), batch_results
+    else:
+        # Each statement is a round trip: the locked read also looks up the absent
+        # tables (tool results, payloads), then one DELETE per table. (The holder's
+        # transaction ends with a savepoint release after the count was taken.)
+        round_trips = [s for s in batch_statements if "SAVEPOINT" not in s]
+        assert len(round_trips) == 5, round_trips
     expected = {"runs": 3, "transcripts": 1, "compactions": 1, "sessions": 1}
     for session_id in ids:
         outcomes = [results[i] for i, sid in enumerate(asked) if sid == session_id]
@@ -303,6 +309,23 @@ def test_not_found_in_a_set_batch_changes_nothing_orphans_included(database, key
     assert keyed_data.counts(orphan_id)["transcripts"] == 1
     assert results[0].counts["sessions"] == results[2].counts["sessions"] == 1
     assert data_gone(keyed_data, real[0]) and data_gone(keyed_data, real[1])
+
+
+def test_a_side_table_created_after_a_set_batch_is_erased_by_the_next(database, monkeypatch):
+    """The set path finds tables on its own (on PostgreSQL inside its locked read)."""
+    import tests.test_group_commit as this
+
+    monkeypatch.setattr(this, "erase", plain_erase)
+    agno = AgnoData(database, database.settings.default_session_table)
+    agno.create_all(with_side_tables=False)
+    assert plain_erase(database, agno.add_session(everything=False)).counts == {"runs": 2, "sessions": 1}
+    # Agno creates its transcripts and compactions tables lazily, later.
+    with database.engine.begin() as conn:
+        agno.sessions.metadata.create_all(conn, tables=[agno.side["transcripts"], agno.side["compactions"]])
+    later = agno.add_session()
+
+    assert plain_erase(database, later).counts == {"runs": 2, "transcripts": 1, "compactions": 1, "sessions": 1}
+    assert data_gone(agno, later)
 
 
 def test_erases_of_different_tables_in_one_batch_keep_their_order(make_database_settings, monkeypatch):

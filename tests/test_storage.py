@@ -49,8 +49,13 @@ def test_not_found_rolls_back_even_when_orphans_share_the_id(database, data):
     assert data.counts(orphan_id)["transcripts"] == 1
 
 
-def test_missing_tables_are_skipped_and_never_created(make_database):
-    database = make_database()
+# Group commit erases through its own batch path, which discovers tables its own way.
+either_path = pytest.mark.parametrize("group_commit", [False, True], ids=["alone", "grouped"])
+
+
+@either_path
+def test_missing_tables_are_skipped_and_never_created(make_database, group_commit):
+    database = make_database(group_commit=group_commit)
     agno = AgnoData(database, database.settings.default_session_table)
     agno.create_all(with_side_tables=False)
     session_id = agno.add_session(everything=False)
@@ -60,8 +65,9 @@ def test_missing_tables_are_skipped_and_never_created(make_database):
     assert names == {"agno_sessions", "agno_runs"}
 
 
-def test_tables_created_after_start_are_found(make_database):
-    database = make_database()
+@either_path
+def test_tables_created_after_start_are_found(make_database, group_commit):
+    database = make_database(group_commit=group_commit)
     agno = AgnoData(database, database.settings.default_session_table)
     agno.create_all(with_side_tables=False)
     first = agno.add_session(everything=False)
@@ -73,7 +79,11 @@ def test_tables_created_after_start_are_found(make_database):
     assert [agno.counts(second)[k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS)
 
 
-def test_a_table_dropped_after_being_seen_does_not_break_erasing(database, data):
+@either_path
+def test_a_table_dropped_after_being_seen_does_not_break_erasing(make_database, group_commit):
+    database = make_database(group_commit=group_commit)
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all()
     erase_session(database, database.settings.default_session_table, data.add_session())
     with database.engine.begin() as conn:
         conn.execute(text(f"DROP TABLE {data.side['compactions'].fullname}"))
