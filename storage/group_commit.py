@@ -49,8 +49,9 @@ logger = logging.getLogger("storage.group_commit")
 MAX_BATCH = 64
 # After each statement the writer must win the GIL back from its event loop, while it
 # holds the lock every worker's writer queues on. CPython makes a busy thread let go
-# only after the switch interval (5 ms by default); at 0.5 ms the writers' turns got
-# 7-19% more erases per second through, in three back-to-back pairs (bench/README.md).
+# only after the switch interval (5 ms by default). 0.5 ms got 7-19% more erases per
+# second through than 5 ms, and 0.1 ms about 7% more than 0.5 ms; below that, nothing
+# more (bench/README.md).
 WRITER_SWITCH_INTERVAL = 0.0001
 
 _STOP = object()

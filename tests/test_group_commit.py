@@ -355,6 +355,47 @@ def test_erases_of_different_tables_in_one_batch_keep_their_order(make_database_
         database.dispose()
 
 
+@pytest.mark.parametrize("backend", ["sqlite"])  # only SQLite's writers share a lock across workers
+def test_erases_that_arrive_while_the_writer_waits_for_the_lock_join_its_batch(make_database_settings):
+    """The lock is what both workers' writers queue on: a turn takes everything waiting."""
+    import fcntl
+    import os
+
+    from storage import Database
+
+    database = Database(make_database_settings(), busy_timeout_ms=2000, group_commit=True)
+    try:
+        data = AgnoData(database, database.settings.default_session_table)
+        data.create_all(with_side_tables=False)
+        ids = data.add_sessions([f"turn-{i}" for i in range(6)], runs=1)
+        assert plain_erase(database, data.add_session(everything=False)) is not None  # the writer's lock file exists
+        other_worker = os.open(database.group_commit._lock_path, os.O_RDWR)
+        fcntl.flock(other_worker, fcntl.LOCK_EX)
+        batches_before = database.group_commit.batches
+        results: dict[int, object] = {}
+        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, plain_erase(database, ids[i]))) for i in range(6)]
+        try:
+            threads[0].start()
+            threading.Event().wait(0.05)
+            # The writer has taken the first erase and waits for the lock.
+            assert database.group_commit._queue.qsize() == 0 and database.group_commit.batches == batches_before
+            for thread in threads[1:]:
+                thread.start()
+            while database.group_commit._queue.qsize() < 5:
+                threading.Event().wait(0.005)
+        finally:
+            fcntl.flock(other_worker, fcntl.LOCK_UN)
+            os.close(other_worker)
+        for thread in threads:
+            thread.join()
+
+        assert database.group_commit.batches - batches_before == 1
+        assert all(results[i] is not None and results[i].counts["sessions"] == 1 for i in range(6))
+        assert all(data_gone(data, session_id) for session_id in ids)
+    finally:
+        database.dispose()
+
+
 def test_the_writer_gets_the_gil_back_quickly(database, data):
     import sys
 
