@@ -302,8 +302,8 @@ class GroupCommit:
         try:
             with self._writers_in_turn():
                 # Erases that came in while another worker's writer held the lock join
-                # this batch: the lock is the bottleneck, and a turn costs about the
-                # same for 8 erases as for 16.
+                # this batch: the lock is the bottleneck, and a turn's fixed costs
+                # (BEGIN, the schema check, COMMIT's fsync) are then shared by more.
                 self._top_up(batch)
                 with self._batch_transaction() as conn:
                     outcomes = _run_in_runs(conn, batch)
