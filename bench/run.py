@@ -404,14 +404,29 @@ class Bench:
         return result
 
 
+ALL_BACKENDS, ALL_WORKERS = "sqlite,postgres", "1,2"
+
+
+def results_dir(args: argparse.Namespace) -> Path:
+    """bench/results/ holds the table bench/README.md quotes, so only a complete run
+    writes there by default; a narrowed or changed run (quick, one backend, --only,
+    --env...) goes beside the scratch databases. Back-to-back quick runs once replaced
+    a full run's results with an old code's quick ones."""
+    if args.out:
+        return Path(args.out)
+    complete = (not (args.quick or args.skip_growth or args.only or args.env or args.duration)
+                and args.backends == ALL_BACKENDS and args.workers == ALL_WORKERS)
+    return HERE / "results" if complete else Path(args.work) / "results"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="iteration profile (minutes, not the 1M table)")
-    parser.add_argument("--backends", default="sqlite,postgres")
-    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--backends", default=ALL_BACKENDS)
+    parser.add_argument("--workers", default=ALL_WORKERS)
     parser.add_argument("--pg-url", default=os.environ.get("BENCH_PG_URL", DEFAULT_PG_URL))
     parser.add_argument("--work", default="/tmp/agentos-bench", help="scratch directory for databases (not the repo)")
-    parser.add_argument("--out", default=str(HERE / "results"), help="where results.json, table.md and plot.png go")
+    parser.add_argument("--out", help="where results.json, table.md and plot.png go (default: see results_dir)")
     parser.add_argument("--skip-growth", action="store_true", help="only the main comparison")
     parser.add_argument("--duration", type=float, help="override the profile's seconds of load per measurement")
     parser.add_argument("--profile", metavar="DIR", help="record py-spy collapsed stacks of our workers into DIR")
@@ -423,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
     profile = PROFILES["quick" if args.quick else "full"]
     if args.duration:
         profile.duration = args.duration
-    work, out = Path(args.work), Path(args.out)
+    work, out = Path(args.work), results_dir(args)
     work.mkdir(parents=True, exist_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     backends = [b for b in args.backends.split(",") if b]
