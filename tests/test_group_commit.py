@@ -15,12 +15,8 @@ pytestmark = pytest.mark.usefixtures("backend")
 
 
 @pytest.fixture
-def database(make_database_settings):
-    from storage import Database
-
-    database = Database(make_database_settings(), busy_timeout_ms=2000, group_commit=True)
-    yield database
-    database.dispose()
+def database(make_database):
+    return make_database(group_commit=True)
 
 
 def erase(database, session_id):
@@ -198,22 +194,18 @@ def test_event_loop_callers_share_commits_and_each_id_succeeds_exactly_once(data
     assert results[-1] is None
 
 
-def test_event_loop_callers_without_group_commit_use_a_thread(make_database_settings):
+def test_event_loop_callers_without_group_commit_use_a_thread(make_database):
     import asyncio
 
-    from storage import Database
     from storage.erase import erase_session_async
 
-    database = Database(make_database_settings(), busy_timeout_ms=2000, group_commit=False)
-    try:
-        agno = AgnoData(database, database.settings.default_session_table)
-        agno.create_all()
-        session_id = agno.add_session(runs=1)
-        table = database.settings.default_session_table
-        assert asyncio.run(erase_session_async(database, table, session_id)) is not None
-        assert asyncio.run(erase_session_async(database, table, session_id)) is None
-    finally:
-        database.dispose()
+    database = make_database()
+    agno = AgnoData(database, database.settings.default_session_table)
+    agno.create_all()
+    session_id = agno.add_session(runs=1)
+    table = database.settings.default_session_table
+    assert asyncio.run(erase_session_async(database, table, session_id)) is not None
+    assert asyncio.run(erase_session_async(database, table, session_id)) is None
 
 
 @pytest.fixture
@@ -328,72 +320,62 @@ def test_a_side_table_created_after_a_set_batch_is_erased_by_the_next(database, 
     assert data_gone(agno, later)
 
 
-def test_erases_of_different_tables_in_one_batch_keep_their_order(make_database_settings, monkeypatch):
-    from storage import Database
-
+def test_erases_of_different_tables_in_one_batch_keep_their_order(make_database, monkeypatch):
     import tests.test_group_commit as this
 
-    settings = make_database_settings(session_tables=("agno_sessions", "team_sessions"))
-    database = Database(settings, busy_timeout_ms=2000, group_commit=True)
-    try:
-        agent, team = (AgnoData(database, table) for table in settings.session_tables)
-        agent.create_all(with_side_tables=False)
-        team.create_all(with_side_tables=False)
-        agent_ids = agent.add_sessions(["mix-a1", "mix-a2", "mix-a3"], runs=1)
-        team_ids = team.add_sessions(["mix-t1", "mix-t2"], runs=4)
-        tables = {sid: settings.session_tables[0] for sid in agent_ids} | {sid: settings.session_tables[1] for sid in team_ids}
-        monkeypatch.setattr(this, "erase", lambda db, sid: plain_erase(db, sid, tables.get(sid, settings.session_tables[0])))
-        asked = ["mix-a1", "mix-a2", "mix-t1", "mix-a3", "mix-t2", "mix-t1", "mix-a1"]
+    database = make_database(session_tables=("agno_sessions", "team_sessions"), group_commit=True)
+    settings = database.settings
+    agent, team = (AgnoData(database, table) for table in settings.session_tables)
+    agent.create_all(with_side_tables=False)
+    team.create_all(with_side_tables=False)
+    agent_ids = agent.add_sessions(["mix-a1", "mix-a2", "mix-a3"], runs=1)
+    team_ids = team.add_sessions(["mix-t1", "mix-t2"], runs=4)
+    tables = {sid: settings.session_tables[0] for sid in agent_ids} | {sid: settings.session_tables[1] for sid in team_ids}
+    monkeypatch.setattr(this, "erase", lambda db, sid: plain_erase(db, sid, tables.get(sid, settings.session_tables[0])))
+    asked = ["mix-a1", "mix-a2", "mix-t1", "mix-a3", "mix-t2", "mix-t1", "mix-a1"]
 
-        results = run_concurrently(database, asked)
+    results = run_concurrently(database, asked)
 
-        assert [r.counts["runs"] if r is not None else None for r in (results[i] for i in range(len(asked)))] == [
-            1, 1, 4, 1, 4, None, None
-        ]
-        assert all(data_gone(agent, sid) for sid in agent_ids) and all(data_gone(team, sid) for sid in team_ids)
-    finally:
-        database.dispose()
+    assert [r.counts["runs"] if r is not None else None for r in (results[i] for i in range(len(asked)))] == [
+        1, 1, 4, 1, 4, None, None
+    ]
+    assert all(data_gone(agent, sid) for sid in agent_ids) and all(data_gone(team, sid) for sid in team_ids)
 
 
 @pytest.mark.parametrize("backend", ["sqlite"])  # only SQLite's writers share a lock across workers
-def test_erases_that_arrive_while_the_writer_waits_for_the_lock_join_its_batch(make_database_settings):
+def test_erases_that_arrive_while_the_writer_waits_for_the_lock_join_its_batch(make_database):
     """The lock is what both workers' writers queue on: a turn takes everything waiting."""
     import fcntl
     import os
 
-    from storage import Database
-
-    database = Database(make_database_settings(), busy_timeout_ms=2000, group_commit=True)
+    database = make_database(group_commit=True)
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all(with_side_tables=False)
+    ids = data.add_sessions([f"turn-{i}" for i in range(6)], runs=1)
+    assert plain_erase(database, data.add_session(everything=False)) is not None  # the writer's lock file exists
+    other_worker = os.open(database.group_commit._lock_path, os.O_RDWR)
+    fcntl.flock(other_worker, fcntl.LOCK_EX)
+    batches_before = database.group_commit.batches
+    results: dict[int, object] = {}
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, plain_erase(database, ids[i]))) for i in range(6)]
     try:
-        data = AgnoData(database, database.settings.default_session_table)
-        data.create_all(with_side_tables=False)
-        ids = data.add_sessions([f"turn-{i}" for i in range(6)], runs=1)
-        assert plain_erase(database, data.add_session(everything=False)) is not None  # the writer's lock file exists
-        other_worker = os.open(database.group_commit._lock_path, os.O_RDWR)
-        fcntl.flock(other_worker, fcntl.LOCK_EX)
-        batches_before = database.group_commit.batches
-        results: dict[int, object] = {}
-        threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, plain_erase(database, ids[i]))) for i in range(6)]
-        try:
-            threads[0].start()
-            threading.Event().wait(0.05)
-            # The writer has taken the first erase and waits for the lock.
-            assert database.group_commit._queue.qsize() == 0 and database.group_commit.batches == batches_before
-            for thread in threads[1:]:
-                thread.start()
-            while database.group_commit._queue.qsize() < 5:
-                threading.Event().wait(0.005)
-        finally:
-            fcntl.flock(other_worker, fcntl.LOCK_UN)
-            os.close(other_worker)
-        for thread in threads:
-            thread.join()
-
-        assert database.group_commit.batches - batches_before == 1
-        assert all(results[i] is not None and results[i].counts["sessions"] == 1 for i in range(6))
-        assert all(data_gone(data, session_id) for session_id in ids)
+        threads[0].start()
+        threading.Event().wait(0.05)
+        # The writer has taken the first erase and waits for the lock.
+        assert database.group_commit._queue.qsize() == 0 and database.group_commit.batches == batches_before
+        for thread in threads[1:]:
+            thread.start()
+        while database.group_commit._queue.qsize() < 5:
+            threading.Event().wait(0.005)
     finally:
-        database.dispose()
+        fcntl.flock(other_worker, fcntl.LOCK_UN)
+        os.close(other_worker)
+    for thread in threads:
+        thread.join()
+
+    assert database.group_commit.batches - batches_before == 1
+    assert all(results[i] is not None and results[i].counts["sessions"] == 1 for i in range(6))
+    assert all(data_gone(data, session_id) for session_id in ids)
 
 
 def test_the_writer_gets_the_gil_back_quickly(database, data):
