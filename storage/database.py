@@ -189,6 +189,9 @@ def sqlite_pragmas(busy_timeout_ms: int) -> tuple[str, ...]:
         f"PRAGMA busy_timeout={int(busy_timeout_ms)}",
         # Every acknowledged erase survives a power cut, not only a process crash.
         "PRAGMA synchronous=FULL",
+        # Deleted rows are overwritten, not left readable in free pages; SQLite's
+        # default for this depends on how it was built.
+        "PRAGMA secure_delete=ON",
     )
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import uuid
+from pathlib import Path
 
 import pytest
 from sqlalchemy import Column, MetaData, Table, inspect, text
@@ -91,6 +93,42 @@ def test_a_table_dropped_after_being_seen_does_not_break_erasing(make_database, 
     erased = erase_session(database, database.settings.default_session_table, session_id)
     assert "compactions" not in erased.counts
     assert data.counts(session_id)["sessions"] == 0
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_erased_text_is_overwritten_in_the_database_file_whatever_sqlites_build_default(make_database):
+    """SQLite leaves deleted rows' bytes in free pages unless ``secure_delete`` is on,
+    and whether it is on by default depends on how SQLite was built (Debian's is, many
+    others are not). An erase must not leave the conversation readable in the file."""
+    from sqlalchemy import event
+
+    database = make_database()
+    # Runs before our own settings, as a build whose default is off would.
+    event.listen(database.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA secure_delete=OFF"), insert=True)
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all()
+    session_id = data.add_session(runs=2)
+    data.add_session(runs=2)
+    marker = f"private-{uuid.uuid4().hex}"
+    path = Path(database.engine.url.database)
+    with database.engine.begin() as conn:
+        conn.execute(
+            data.runs.update().where(data.runs.c.session_id == session_id),
+            {"run_data": {"messages": [{"role": "user", "content": marker * 200}]}},
+        )
+    checkpoint(database)
+    assert marker.encode() in path.read_bytes(), "the scan must see the text while it is stored"
+
+    assert erase_session(database, database.settings.default_session_table, session_id) is not None
+    checkpoint(database)
+
+    assert marker.encode() not in path.read_bytes()
+
+
+def checkpoint(database) -> None:
+    with database.engine.connect() as conn:
+        busy, _, _ = conn.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").one()
+        assert busy == 0
 
 
 def test_runs_table_without_foreign_key_is_still_erased(make_database):
