@@ -35,10 +35,12 @@ ENV_AUDIT_TABLE = "AGENTOS_SESSIONS_AUDIT_TABLE"
 ENV_HEALTH_TIMEOUT = "AGENTOS_SESSIONS_HEALTH_TIMEOUT_MS"
 ENV_GROUP_COMMIT = "AGENTOS_SESSIONS_GROUP_COMMIT"
 ENV_FAST_LANE = "AGENTOS_SESSIONS_FAST_LANE"
+ENV_WRITER_PROCESS = "AGENTOS_SESSIONS_WRITER_PROCESS"
 ENVIRONMENT_VARIABLES = (
     ENV_CONFIG, ENV_DB_URL, ENV_DB_ID, ENV_SESSION_TABLES, ENV_DB_SCHEMA, ENV_ERASE_TRACES,
     ENV_BUSY_TIMEOUT, ENV_VALIDATE_RESPONSES, ENV_SECURITY_KEY, ENV_HOST, ENV_PORT, ENV_WORKERS,
     ENV_METRICS_PUBLIC, ENV_AUDIT_TABLE, ENV_HEALTH_TIMEOUT, ENV_GROUP_COMMIT, ENV_FAST_LANE,
+    ENV_WRITER_PROCESS,
 )
 
 
@@ -103,6 +105,9 @@ class Settings:
     # The delete operation's plain requests skip Connexion's generic per-request work
     # and are answered by the same handler code (agentos_sessions/fast_lane.py).
     fast_lane: bool = True
+    # With group commit, each worker's batches are committed by a process of its own,
+    # where no event loop competes for the GIL (storage/writer_process.py).
+    writer_process: bool = True
 
     def database(self, db_id: str) -> DatabaseSettings | None:
         return next((d for d in self.databases if d.id == db_id), None)
@@ -224,4 +229,5 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
         health_timeout_ms=_as_int("health_timeout_ms", pick(ENV_HEALTH_TIMEOUT, "health_timeout_ms", 2000), 1),
         group_commit=_as_bool("group_commit", pick(ENV_GROUP_COMMIT, "group_commit", True)),
         fast_lane=_as_bool("fast_lane", pick(ENV_FAST_LANE, "fast_lane", True)),
+        writer_process=_as_bool("writer_process", pick(ENV_WRITER_PROCESS, "writer_process", True)),
     )

@@ -37,6 +37,7 @@ ROOT = HERE.parent
 LUA = HERE / "delete.lua"
 CONNECTIONS = 32
 DEFAULT_PG_URL = "postgresql+psycopg://app:app@127.0.0.1:5432/bench"
+WRITER_MODULE = "storage.writer_process"
 
 
 @dataclass
@@ -89,6 +90,17 @@ def settle() -> None:
     during the next measurement slowed every fsync in it (959 erases/s for ours, then
     1,231 and 1,535/s on the same table once settled)."""
     os.sync()
+
+
+def _peak_rss_mb(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except FileNotFoundError:
+        pass
+    return 0.0
 
 
 def free_port() -> int:
@@ -157,7 +169,20 @@ class Server:
         found = []
         for child in self.root.children(recursive=True):
             try:
-                if "resource_tracker" not in " ".join(child.cmdline()):
+                command = " ".join(child.cmdline())
+            except psutil.NoSuchProcess:
+                continue
+            if "resource_tracker" not in command and WRITER_MODULE not in command:
+                found.append(child)
+        return found
+
+    @staticmethod
+    def writer_processes(worker: psutil.Process) -> list[psutil.Process]:
+        """A worker's writer processes (storage/writer_process.py): its memory and CPU."""
+        found = []
+        for child in worker.children():
+            try:
+                if WRITER_MODULE in " ".join(child.cmdline()):
                     found.append(child)
             except psutil.NoSuchProcess:
                 pass
@@ -187,12 +212,11 @@ class Server:
         return total
 
     def peak_rss_mb(self) -> float:
+        """The largest worker's peak, its writer processes' peaks added: a worker is
+        charged for every process it runs (an upper bound, as peaks may not coincide)."""
         peaks = []
-        for process in self.worker_processes():
-            with open(f"/proc/{process.pid}/status") as status:
-                for line in status:
-                    if line.startswith("VmHWM:"):
-                        peaks.append(int(line.split()[1]) / 1024)
+        for worker in self.worker_processes():
+            peaks.append(sum(_peak_rss_mb(process.pid) for process in [worker, *self.writer_processes(worker)]))
         return max(peaks) if peaks else 0.0
 
     def stop(self) -> None:

@@ -43,12 +43,20 @@ def _is_missing_table(exc: DBAPIError) -> bool:
 
 
 class Database:
-    def __init__(self, settings: DatabaseSettings, *, busy_timeout_ms: int = 5000, group_commit: bool = False):
+    def __init__(
+        self,
+        settings: DatabaseSettings,
+        *,
+        busy_timeout_ms: int = 5000,
+        group_commit: bool = False,
+        writer_process: bool = False,
+    ):
         self.settings = settings
         self.id = settings.id
+        self.busy_timeout_ms = busy_timeout_ms
         self.engine: Engine = _make_engine(settings.url, busy_timeout_ms)
         self.dialect = self.engine.dialect.name
-        self.group_commit = GroupCommit(self) if group_commit else None
+        self.group_commit = GroupCommit(self, writer_process=writer_process) if group_commit else None
         # Tables seen to exist. Tables appear over time (Agno creates them lazily) but
         # are not expected to disappear, so only absent ones are looked up again.
         self._present: set[TableRef] = set()

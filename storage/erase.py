@@ -116,6 +116,19 @@ class _EraseWork:
     def run_batch(conn: Connection, works: list["_EraseWork"]) -> list[tuple[ErasedRows | None, Exception | None]]:
         return _erase_many(conn, works)
 
+    @property
+    def portable(self) -> tuple[SessionTable, str, bool] | None:
+        """What the writer process needs to run this erase (``erase_works``); None when
+        an audit hook must run inside it, which cannot leave this process."""
+        if self.in_transaction is not None:
+            return None
+        return (self.session_table, self.session_id, self.erase_traces)
+
+
+def erase_works(database: Database, portables: list[tuple[SessionTable, str, bool]]) -> list[_EraseWork]:
+    """``_EraseWork.portable`` turned back into erases of ``database``."""
+    return [_EraseWork(database, table, session_id, traces, None) for table, session_id, traces in portables]
+
 
 @dataclass(frozen=True)
 class _Plan:

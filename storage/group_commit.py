@@ -22,6 +22,10 @@ Why it is exactly equivalent to one transaction per request:
   inside some work) makes the affected work run again alone through
   ``Database.write``, with its usual retries, so such a caller gets precisely the
   answer it would have had without grouping.
+
+With ``writer_process``, the batch's statements and COMMIT run in a process of the
+worker's own (``storage/writer_process.py``) through the same ``run_in_turn``; the
+writer thread here only hands the batch over and answers from what comes back.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from sqlalchemy.exc import DBAPIError
 
 if TYPE_CHECKING:
     from storage.database import Database
+    from storage.writer_process import WriterProcess
 
 T = TypeVar("T")
 logger = logging.getLogger("storage.group_commit")
@@ -103,24 +108,27 @@ def _batchable(item: _Pending) -> bool:
     return getattr(item.work, "batch_key", None) is not None
 
 
-def _run_in_runs(conn: Connection, batch: list[_Pending]) -> list[tuple[object, BaseException | None]]:
-    """Each item's (value, error), in arrival order, running runs of work that shares a
+Outcomes = list[tuple[object, BaseException | None]]
+
+
+def _run_in_runs(conn: Connection, works: list[Callable[[Connection], object]]) -> Outcomes:
+    """Each work's (value, error), in arrival order, running runs of work that shares a
     ``batch_key`` through its ``run_batch`` (one set of statements for all of them).
 
     Only ``run_batch`` may answer with an error without raising: it promises that such an
     item changed nothing. Anything raised fails the whole transaction.
     """
-    outcomes: list[tuple[object, BaseException | None]] = []
+    outcomes: Outcomes = []
     start = 0
-    while start < len(batch):
-        key = getattr(batch[start].work, "batch_key", None)
+    while start < len(works):
+        key = getattr(works[start], "batch_key", None)
         end = start + 1
-        while key is not None and end < len(batch) and getattr(batch[end].work, "batch_key", None) == key:
+        while key is not None and end < len(works) and getattr(works[end], "batch_key", None) == key:
             end += 1
         if key is not None:
-            outcomes.extend(batch[start].work.run_batch(conn, [item.work for item in batch[start:end]]))
+            outcomes.extend(works[start].run_batch(conn, works[start:end]))
         else:
-            outcomes.append((batch[start].work(conn), None))
+            outcomes.append((works[start](conn), None))
         start = end
     return outcomes
 
@@ -134,7 +142,7 @@ def _writer_lock_path(database: "Database") -> str | None:
 
 
 class GroupCommit:
-    def __init__(self, database: "Database", max_batch: int = MAX_BATCH):
+    def __init__(self, database: "Database", max_batch: int = MAX_BATCH, *, writer_process: bool = False):
         self._database = database
         self._max_batch = max_batch
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
@@ -147,6 +155,17 @@ class GroupCommit:
         self._lock_fd: int | None = None
         self._conn: Connection | None = None  # the writer thread's own, kept across batches
         self._stop_seen = False
+        self.sent_to_writer = 0  # batches handed to the writer process, for tests
+        self.remote_batches = 0  # commits the writer process made, for tests
+        self._writer_process: "WriterProcess | None" = None
+        # Only where our writers share a lock across workers (a SQLite file): there a
+        # writer waiting for its GIL keeps every worker waiting. On PostgreSQL each
+        # worker's writer waits only for itself, and handing batches over cost more
+        # than it saved (bench/README.md).
+        if writer_process and self._lock_path is not None:
+            from storage.writer_process import WriterProcess
+
+            self._writer_process = WriterProcess(database)
 
     def run(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in a transaction that may be shared; return once it is durable."""
@@ -190,6 +209,8 @@ class GroupCommit:
                 self._queue.put(_STOP)
         if thread is not None:
             thread.join()
+        if self._writer_process is not None:
+            self._writer_process.close()
         if self._conn is not None:
             self._conn.close()
             self._conn = None
@@ -298,15 +319,27 @@ class GroupCommit:
             return
         self._commit_with_savepoints(batch)
 
+    def run_in_turn(self, works: Callable[[], list[Callable[[Connection], object]]]) -> Outcomes:
+        """Run the works in one transaction, in this writer's turn, and return their
+        outcomes; ``works`` is asked for them once the turn has come. The writer
+        process runs its batches through it too."""
+        with self._writers_in_turn():
+            batch = works()
+            with self._batch_transaction() as conn:
+                return _run_in_runs(conn, batch)
+
+    def _topped_up_works(self, batch: list[_Pending]) -> list[Callable[[Connection], object]]:
+        # Erases that came in while another worker's writer held the lock join this
+        # batch: the lock is the bottleneck, and a turn's fixed costs (BEGIN, the schema
+        # check, COMMIT's fsync) are then shared by more.
+        self._top_up(batch)
+        return [item.work for item in batch]
+
     def _commit_optimistically(self, batch: list[_Pending]) -> bool:
         try:
-            with self._writers_in_turn():
-                # Erases that came in while another worker's writer held the lock join
-                # this batch: the lock is the bottleneck, and a turn's fixed costs
-                # (BEGIN, the schema check, COMMIT's fsync) are then shared by more.
-                self._top_up(batch)
-                with self._batch_transaction() as conn:
-                    outcomes = _run_in_runs(conn, batch)
+            outcomes = self._run_in_writer_process(batch)
+            if outcomes is None:
+                outcomes = self.run_in_turn(lambda: self._topped_up_works(batch))
         except Exception:
             return False
         self.batches += 1
@@ -315,6 +348,27 @@ class GroupCommit:
             item.value, item.error = value, error
             item.done.set()
         return True
+
+    def _run_in_writer_process(self, batch: list[_Pending]) -> Outcomes | None:
+        """The batch's outcomes from the writer process, or None to run it here: no
+        writer process, not ready yet, or work it cannot carry (an audit row per erase).
+
+        If the writer process fails or dies, this raises and the batch is redone here,
+        like any batch whose shared commit failed. A writer killed after its COMMIT but
+        before its answer leaves those erases done and unanswered; redone, they find
+        nothing and answer 404, the same answer a client's retry would get.
+        """
+        writer = self._writer_process
+        if writer is None or not writer.ready():
+            return None
+        self._top_up(batch)
+        portable = [getattr(item.work, "portable", None) for item in batch]
+        if None in portable:
+            return None
+        self.sent_to_writer += 1
+        outcomes = writer.run(portable)
+        self.remote_batches += 1
+        return outcomes
 
     def _commit_with_savepoints(self, batch: list[_Pending]) -> None:
         alone: list[_Pending] = []

@@ -39,7 +39,12 @@ class Storage:
     def __init__(self, settings: Settings):
         self.settings = settings
         self.databases = {
-            db.id: Database(db, busy_timeout_ms=settings.busy_timeout_ms, group_commit=settings.group_commit)
+            db.id: Database(
+                db,
+                busy_timeout_ms=settings.busy_timeout_ms,
+                group_commit=settings.group_commit,
+                writer_process=settings.writer_process,
+            )
             for db in settings.databases
         }
 

@@ -61,8 +61,13 @@ def make_database_settings(backend, tmp_path):
 def make_database(make_database_settings):
     opened: list[Database] = []
 
-    def make(*args, group_commit: bool = False, **kwargs) -> Database:
-        database = Database(make_database_settings(*args, **kwargs), busy_timeout_ms=2000, group_commit=group_commit)
+    def make(*args, group_commit: bool = False, writer_process: bool = False, **kwargs) -> Database:
+        database = Database(
+            make_database_settings(*args, **kwargs),
+            busy_timeout_ms=2000,
+            group_commit=group_commit,
+            writer_process=writer_process,
+        )
         opened.append(database)
         return database
 
