@@ -280,8 +280,9 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
     an erase that finds nothing changes nothing, orphans included; an id given twice is
     found by its first erase only, as serially the second would find it gone. A plan
     whose dependents need subqueries (tool result payloads, spans) runs the erases one
-    by one, and any not-found among them makes group commit redo the batch with
-    savepoints, as before.
+    by one, but only those of sessions found: the others would change nothing and be
+    rolled back, so they are answered "not found" without running, and the batch needs
+    no redo with savepoints.
     """
     first = works[0]
     database = first.database
@@ -291,16 +292,35 @@ def _erase_many(conn: Connection, works: list[_EraseWork]) -> list[tuple[ErasedR
     else:
         plan, found = _plan_in(conn, database, first.session_table, first.erase_traces), None
     if plan.keyed_dependents is None:
-        return [(work(conn), None) for work in works]
+        if found is None:
+            found = _sessions_present(conn, plan, ids)
+        outcomes: list[tuple[ErasedRows | None, Exception | None]] = []
+        for work in works:
+            if work.session_id in found:
+                found.discard(work.session_id)  # a second ask in this batch finds it gone
+                outcomes.append((work(conn), None))
+            else:
+                outcomes.append((None, _NotFound()))
+        return outcomes
     if found is None:
         erased = _erase_counted(conn, database, plan, ids)
     else:
         erased = _erase_returning(conn, database, plan, [session_id for session_id in ids if session_id in found])
-    outcomes: list[tuple[ErasedRows | None, Exception | None]] = []
+    outcomes = []
     for work in works:
         rows = erased.pop(work.session_id, None)
         outcomes.append((rows, None) if rows is not None else (None, _NotFound()))
     return outcomes
+
+
+def _sessions_present(conn: Connection, plan: _Plan, ids: list[str]) -> set[str]:
+    """SQLite: which of ``ids`` have a session row (the write lock is held, so they stay)."""
+    sessions = _table(plan.sessions_ref, "session_id")
+    present: set[str] = set()
+    for start in range(0, len(ids), _SURVEY_IDS):
+        chunk = ids[start : start + _SURVEY_IDS]
+        present.update(conn.execute(select(sessions.c.session_id).where(sessions.c.session_id.in_(chunk))).scalars())
+    return present
 
 
 def _lock_and_look_up(

@@ -85,21 +85,29 @@ def test_concurrent_erases_share_one_commit_and_each_id_succeeds_exactly_once(da
     assert results[len(asked) - 1] is None and results[len(asked) - 2] is None
 
 
-def test_not_found_in_a_batch_rolls_back_only_its_own_work(database, data):
-    """The orphan's dependents are deleted inside its savepoint, then restored by the
-    rollback, while the erase sharing the commit with it keeps its effect."""
+def test_not_found_in_a_batch_changes_nothing_and_needs_no_redo(database, data):
+    """With tool results (their payloads need a subquery) erases run one by one; one
+    whose session does not exist is answered without running, so its orphans stay, the
+    erase sharing the commit keeps its effect, and the batch is not redone with
+    savepoints."""
     orphan_id = "orphan"
     with database.engine.begin() as conn:
         conn.execute(data.side["transcripts"].insert(), {
             "framework": "f", "project_key": "p", "session_id": "ext", "subpath": "", "position": 0,
             "entry": "e", "agno_session_id": orphan_id, "created_at": 1})  # fmt: skip
     real = data.add_session(runs=2)
+    batches_before = database.group_commit.batches
 
-    results = run_concurrently(database, [orphan_id, real])
+    with statements_recorded(database) as statements:
+        results = run_concurrently(database, [orphan_id, real, real])
 
     assert results[0] is None
     assert data.counts(orphan_id)["transcripts"] == 1
-    assert results[1] is not None and data.counts(real)["sessions"] == 0
+    assert results[1] is not None and results[1].counts["tool_result_payloads"] == 1 and results[2] is None
+    assert data.counts(real)["sessions"] == 0
+    assert database.group_commit.batches - batches_before == 2  # the held one, then these
+    # Only the held work (not an erase) ran in a savepoint; the erases' batch did not.
+    assert sum(sql.upper().startswith("SAVEPOINT") for sql in statements) == 1, statements
 
 
 def test_nobody_is_answered_before_the_shared_commit(database, data):
