@@ -40,7 +40,7 @@ FUZZ_SEED = 20261128
 DISPOSABLE_SESSIONS = 600
 RUNS = 2
 # A bound, not a measurement: a stuck run fails instead of holding the job.
-FUZZ_TIMEOUT = 600
+FUZZ_TIMEOUT = 420
 
 
 def phase_summary(report_dir) -> dict[str, dict]:
