@@ -368,21 +368,26 @@ def _locking_survey(database: Database, sessions_ref: TableRef, unknown: tuple[T
 
 
 def _erase_returning(conn: Connection, database: Database, plan: _Plan, ids: list[str]) -> dict[str, ErasedRows]:
-    """PostgreSQL: delete the locked sessions' dependents and rows with RETURNING, for
-    exact per-session counts. A statement's rows arrive in one message, so RETURNING
-    is cheap there."""
+    """PostgreSQL: delete the locked sessions' dependents and rows in one statement, one
+    data-modifying CTE per table, each returning the session ids of the rows it deleted,
+    for exact per-session counts.
+
+    Why one statement: each statement is a round trip and a parse, bind and execute in
+    a backend, and a batch was four of them after the locked read. The locks are taken
+    by that read, before this statement starts, so its snapshot sees every row committed
+    under those sessions up to then, as separate statements would.
+    """
     erased = {session_id: ErasedRows() for session_id in ids}
     if not erased:
         return erased
-    statements = _returning_statements(database, plan)
-    bind = {"ids": ids}
-    for kind, sql in statements.dependents:
+    sql, kinds = _returning_statement(database, plan)
+    gone, *returned = conn.exec_driver_sql(sql, {"ids": ids}).one()
+    for kind, session_ids in zip(kinds, returned):
         for rows in erased.values():
             rows.counts[kind] = 0
-        for (session_id,) in conn.exec_driver_sql(sql, bind):
+        for session_id in session_ids or ():
             erased[session_id].counts[kind] += 1
-    gone = {row[0] for row in conn.exec_driver_sql(statements.sessions, bind)}
-    if gone != set(erased):
+    if set(gone or ()) != set(erased):
         raise RuntimeError("sessions changed under a locked batch erase")
     for rows in erased.values():
         rows.counts["sessions"] = 1
@@ -429,35 +434,35 @@ def _erase_counted(conn: Connection, database: Database, plan: _Plan, ids: list[
 
 @dataclass(frozen=True)
 class _BatchStatements:
-    """A plan's deletes for many session ids at once, compiled once; on SQLite also the
-    single-row survey that precedes them (PostgreSQL's is ``_locking_survey``)."""
+    """SQLite: a plan's single-row survey and its deletes for many session ids at once,
+    compiled once."""
 
+    survey: str
     dependents: tuple[tuple[str, str], ...]
     sessions: str
-    survey: str | None = None
 
 
-def _returning_statements(database: Database, plan: _Plan) -> _BatchStatements:
-    # The ids go as one array, so one statement text serves every batch size and
-    # stays prepared.
-    cache = database.__dict__.setdefault("_batch_statements", {})
+def _returning_statement(database: Database, plan: _Plan) -> tuple[str, tuple[str, ...]]:
+    """The statement of ``_erase_returning`` and the kinds its columns count, in order.
+    The ids go as one array, so one text serves every batch size and stays prepared."""
+    cache = database.__dict__.setdefault("_returning_statements", {})
     key = id(plan)  # plans are kept for the database's lifetime
-    statements = cache.get(key)
-    if statements is None:
+    cached = cache.get(key)
+    if cached is None:
         ids = bindparam("ids")
-        sessions = _table(plan.sessions_ref, "session_id")
-        dependents = []
-        for kind, ref, key_column in plan.keyed_dependents or ():
+        ctes, columns, kinds = [], [], []
+        for position, (kind, ref, key_column) in enumerate(plan.keyed_dependents or ()):
             target = _table(ref, key_column)
-            dependents.append(
-                (kind, delete(target).where(target.c[key_column] == any_(ids)).returning(target.c[key_column]))
-            )
+            erase = delete(target).where(target.c[key_column] == any_(ids)).returning(target.c[key_column])
+            ctes.append(f"d{position} AS ({_compile(database, erase)[0]})")
+            columns.append(f"ARRAY(SELECT {key_column} FROM d{position})")
+            kinds.append(kind)
+        sessions = _table(plan.sessions_ref, "session_id")
         erase_sessions = delete(sessions).where(sessions.c.session_id == any_(ids)).returning(sessions.c.session_id)
-        statements = cache[key] = _BatchStatements(
-            dependents=tuple((kind, _compile(database, statement)[0]) for kind, statement in dependents),
-            sessions=_compile(database, erase_sessions)[0],
-        )
-    return statements
+        ctes.append(f"gone AS ({_compile(database, erase_sessions)[0]})")
+        sql = "WITH " + ", ".join(ctes) + " SELECT " + ", ".join(["ARRAY(SELECT session_id FROM gone)", *columns])
+        cached = cache[key] = (sql, tuple(kinds))
+    return cached
 
 
 def _sqlite_statements(database: Database, plan: _Plan, count: int) -> _BatchStatements:
