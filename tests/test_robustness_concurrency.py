@@ -55,12 +55,11 @@ def race(base_urls: list[str], data: AgnoData, targets: list[str], bystanders: l
     assert wrong == {}, f"{len(wrong)} sessions answered wrongly, e.g. {list(wrong.items())[:5]}"
     assert writer.errors == [] and writer.inserted and writer.updates
 
-    for session_id in targets:
-        left = data.counts(session_id)
+    for session_id, left in data.counts_many(targets).items():
         assert [left[k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS), (session_id, left)
     assert snapshot(data, untouched) == before
-    for session_id in agent_owned + writer.inserted:
-        assert data.counts(session_id)["sessions"] == 1
+    kept = data.counts_many(agent_owned + writer.inserted)
+    assert {session_id: left["sessions"] for session_id, left in kept.items()} == dict.fromkeys(kept, 1)
 
 
 @pytest.mark.usefixtures("backend")

@@ -67,8 +67,7 @@ def test_sigkill_mid_load_leaves_every_session_whole_or_gone(make_database_setti
     print(f"{KILLS} SIGKILLs at {kill_moments}s into the load; {len(acknowledged)} erases acknowledged")
     assert 0 < len(acknowledged) < SESSIONS, "the kills must land mid-load"
     gone, whole = 0, 0
-    for session_id in ids:
-        left = data.counts(session_id)
+    for session_id, left in data.counts_many(ids).items():
         held = {kind: left[kind] for kind in CONVERSATION_KINDS}
         if held == dict.fromkeys(CONVERSATION_KINDS, 0):
             gone += 1
