@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
+import fcntl
+import os
 import time
 import uuid
+from collections import Counter
+from contextlib import contextmanager
 
 import jsonschema
 from sqlalchemy import (
@@ -250,3 +252,21 @@ def rows_mentioning(engine, text: str, *, schemas: tuple[str | None, ...] = (Non
                 if hits:
                     found[f"{schema + '.' if schema else ''}{name}"] = hits
     return found
+
+
+def data_gone(data: AgnoData, session_id: str) -> bool:
+    """No row of any kind is left under the session."""
+    return all(count == 0 for count in data.counts(session_id).values())
+
+
+@contextmanager
+def writers_lock_held(database: Database):
+    """Hold the SQLite writers' lock as another worker's writer would, until the block
+    ends: this worker's next batch waits at the lock."""
+    other_worker = os.open(database.group_commit._lock_path, os.O_RDWR | os.O_CREAT)
+    fcntl.flock(other_worker, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        fcntl.flock(other_worker, fcntl.LOCK_UN)
+        os.close(other_worker)

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event
 
 from storage import ErasedRows, erase_session
-from tests.support import CONVERSATION_KINDS, AgnoData, refuse_compaction_deletes
+from tests.support import CONVERSATION_KINDS, AgnoData, data_gone, refuse_compaction_deletes, writers_lock_held
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -287,10 +287,6 @@ def test_a_batch_of_plain_erases_is_one_set_of_statements_with_exact_answers(dat
     assert results[len(ids) * 2] is None and results[len(asked) - 1] is None
 
 
-def data_gone(data, session_id) -> bool:
-    return all(count == 0 for count in data.counts(session_id).values())
-
-
 def test_not_found_in_a_set_batch_changes_nothing_orphans_included(database, keyed_data, monkeypatch):
     import tests.test_group_commit as this
 
@@ -354,20 +350,15 @@ def test_erases_of_different_tables_in_one_batch_keep_their_order(make_database,
 @pytest.mark.parametrize("backend", ["sqlite"])  # only SQLite's writers share a lock across workers
 def test_erases_that_arrive_while_the_writer_waits_for_the_lock_join_its_batch(make_database):
     """The lock is what both workers' writers queue on: a turn takes everything waiting."""
-    import fcntl
-    import os
-
     database = make_database(group_commit=True)
     data = AgnoData(database, database.settings.default_session_table)
     data.create_all(with_side_tables=False)
     ids = data.add_sessions([f"turn-{i}" for i in range(6)], runs=1)
     assert plain_erase(database, data.add_session(everything=False)) is not None  # the writer's lock file exists
-    other_worker = os.open(database.group_commit._lock_path, os.O_RDWR)
-    fcntl.flock(other_worker, fcntl.LOCK_EX)
     batches_before = database.group_commit.batches
     results: dict[int, object] = {}
     threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, plain_erase(database, ids[i]))) for i in range(6)]
-    try:
+    with writers_lock_held(database):
         threads[0].start()
         threading.Event().wait(0.05)
         # The writer has taken the first erase and waits for the lock.
@@ -376,9 +367,6 @@ def test_erases_that_arrive_while_the_writer_waits_for_the_lock_join_its_batch(m
             thread.start()
         while database.group_commit._queue.qsize() < 5:
             threading.Event().wait(0.005)
-    finally:
-        fcntl.flock(other_worker, fcntl.LOCK_UN)
-        os.close(other_worker)
     for thread in threads:
         thread.join()
 

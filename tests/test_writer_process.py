@@ -4,7 +4,6 @@ leaves nothing half-done."""
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import pickle
@@ -14,12 +13,11 @@ import sys
 import textwrap
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 from storage import erase_session
-from tests.support import AgnoData
+from tests.support import AgnoData, data_gone, writers_lock_held
 
 pytestmark = pytest.mark.usefixtures("backend")
 # Only SQLite's writers share a lock across workers; PostgreSQL gets no writer process.
@@ -70,10 +68,6 @@ def erase_concurrently(database, ids) -> dict[int, object]:
     return results
 
 
-def gone(data, session_id) -> bool:
-    return all(count == 0 for count in data.counts(session_id).values())
-
-
 @sqlite_only
 def test_batches_run_in_the_writer_process_with_exact_answers(database, data):
     started(database)
@@ -88,7 +82,7 @@ def test_batches_run_in_the_writer_process_with_exact_answers(database, data):
     found = [asked[i] for i, rows in results.items() if rows is not None]
     assert sorted(found) == sorted(ids), "each present id found exactly once, the unknown ones never"
     assert all(results[i].counts == {"runs": 3, "sessions": 1} for i in results if results[i] is not None)
-    assert all(gone(data, session_id) for session_id in ids)
+    assert all(data_gone(data, session_id) for session_id in ids)
     left = data.counts(kept)
     assert (left["sessions"], left["runs"]) == (1, 3)
 
@@ -109,7 +103,7 @@ def test_an_erase_with_an_audit_hook_is_committed_in_the_worker(database, data):
 
     assert erased is not None and audited == [3]
     assert database.group_commit.sent_to_writer == sent_before
-    assert gone(data, session_id)
+    assert data_gone(data, session_id)
 
 
 @sqlite_only
@@ -131,7 +125,7 @@ def test_a_writer_killed_while_idle_is_replaced_and_no_erase_is_lost(database, d
     results = erase_concurrently(database, ids[10:])
     assert all(results[i] is not None for i in range(10))
     assert database.group_commit.remote_batches > remote_before
-    assert all(gone(data, session_id) for session_id in ids)
+    assert all(data_gone(data, session_id) for session_id in ids)
 
 
 @sqlite_only
@@ -149,20 +143,7 @@ def test_a_writer_that_cannot_start_is_given_up_and_erases_go_on_in_the_worker(d
 
     assert caplog.text.count("died 3 times in a row") == 1
     assert writer(database).pid is None and database.group_commit.sent_to_writer == 0
-    assert all(gone(data, session_id) for session_id in ids)
-
-
-@contextmanager
-def writers_blocked(database):
-    """Make the next batch stop inside the writer process, at the writers' lock, as
-    another worker's writer holding it would."""
-    other_worker = os.open(database.group_commit._lock_path, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(other_worker, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(other_worker, fcntl.LOCK_UN)
-        os.close(other_worker)
+    assert all(data_gone(data, session_id) for session_id in ids)
 
 
 @sqlite_only
@@ -173,7 +154,7 @@ def test_a_writer_killed_mid_batch_leaves_nothing_half_done_and_every_erase_answ
     results: dict[int, object] = {}
     load = threading.Thread(target=lambda: results.update(erase_concurrently(database, ids)))
     with caplog.at_level(logging.WARNING, logger="storage.writer_process"):
-        with writers_blocked(database):
+        with writers_lock_held(database):
             load.start()
             wait_until(lambda: database.group_commit.sent_to_writer > sent_before, what="a batch to be sent")
             time.sleep(0.2)  # the writer process has it and waits for the lock
@@ -185,7 +166,7 @@ def test_a_writer_killed_mid_batch_leaves_nothing_half_done_and_every_erase_answ
     assert not load.is_alive()
     assert "is gone" in caplog.text, "the batch must have been lost with the writer and redone"
     assert all(results[i] is not None and results[i].counts == {"runs": 3, "sessions": 1} for i in range(len(ids)))
-    assert all(gone(data, session_id) for session_id in ids)
+    assert all(data_gone(data, session_id) for session_id in ids)
 
 
 @sqlite_only
@@ -257,4 +238,4 @@ def test_postgresql_commits_in_the_worker(make_database):
     results = erase_concurrently(database, ids)
 
     assert database.group_commit._writer_process is None
-    assert all(results[i] is not None for i in range(10)) and all(gone(data, sid) for sid in ids)
+    assert all(results[i] is not None for i in range(10)) and all(data_gone(data, sid) for sid in ids)
