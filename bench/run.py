@@ -103,6 +103,17 @@ def _peak_rss_mb(pid: int) -> float:
     return 0.0
 
 
+def _with_commands(processes: list[psutil.Process]) -> list[tuple[psutil.Process, str]]:
+    """Each process still alive, with its command line."""
+    found = []
+    for process in processes:
+        try:
+            found.append((process, " ".join(process.cmdline())))
+        except psutil.NoSuchProcess:
+            pass
+    return found
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -166,27 +177,16 @@ class Server:
     def worker_processes(self) -> list[psutil.Process]:
         if self.workers == 1:
             return [self.root]
-        found = []
-        for child in self.root.children(recursive=True):
-            try:
-                command = " ".join(child.cmdline())
-            except psutil.NoSuchProcess:
-                continue
-            if "resource_tracker" not in command and WRITER_MODULE not in command:
-                found.append(child)
-        return found
+        return [
+            child
+            for child, command in _with_commands(self.root.children(recursive=True))
+            if "resource_tracker" not in command and WRITER_MODULE not in command
+        ]
 
     @staticmethod
     def writer_processes(worker: psutil.Process) -> list[psutil.Process]:
         """A worker's writer processes (storage/writer_process.py): its memory and CPU."""
-        found = []
-        for child in worker.children():
-            try:
-                if WRITER_MODULE in " ".join(child.cmdline()):
-                    found.append(child)
-            except psutil.NoSuchProcess:
-                pass
-        return found
+        return [child for child, command in _with_commands(worker.children()) if WRITER_MODULE in command]
 
     def cpu_seconds(self) -> float:
         total = 0.0
