@@ -132,7 +132,10 @@ class WriterProcess:
         self._stop(kill=True)
 
     def close(self) -> None:
-        self._stop(kill=False)
+        # A writer that never reported ready has had no batch, so there is nothing to
+        # finish: waiting for it to import and open the database cost every short-lived
+        # worker (and test) about a second at shutdown.
+        self._stop(kill=not self._ready)
 
     def _stop(self, *, kill: bool) -> None:
         if self._channel is not None:

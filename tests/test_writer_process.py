@@ -211,6 +211,18 @@ _WORKER = textwrap.dedent(
 
 
 @sqlite_only
+def test_a_writer_closed_before_it_is_ready_is_killed_not_waited_for(database, data):
+    assert erase_session(database, database.settings.default_session_table, "nobody-yet") is None
+    process = writer(database)._process
+    assert process is not None and not writer(database)._ready
+
+    database.group_commit.close()
+
+    # Killed at once: it had no batch, so nothing of anyone's is lost.
+    assert process.returncode == -signal.SIGKILL
+
+
+@sqlite_only
 def test_the_database_url_is_not_on_the_writer_command_line(database, data):
     started(database)
     command_line = Path(f"/proc/{writer(database).pid}/cmdline").read_bytes().decode()
