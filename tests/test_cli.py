@@ -46,7 +46,7 @@ def test_seed_creates_sessions_with_runs_and_prints_their_ids(make_database_sett
     database = Database(settings)
     try:
         data = AgnoData(database, settings.default_session_table)
-        assert all(data.counts(i)["sessions"] == 1 and data.counts(i)["runs"] == 3 for i in ids)
+        assert all(left["sessions"] == 1 and left["runs"] == 3 for left in data.counts_many(ids).values())
     finally:
         database.dispose()
 

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import event
 
 from storage import ErasedRows, erase_session
-from tests.support import CONVERSATION_KINDS, AgnoData, data_gone, refuse_compaction_deletes, writers_lock_held
+from tests.support import CONVERSATION_KINDS, AgnoData, data_gone, refuse_compaction_deletes, unique_ids, writers_lock_held
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -68,7 +68,7 @@ def run_concurrently(database, ids, *, queued=None, results=None):
 
 
 def test_concurrent_erases_share_one_commit_and_each_id_succeeds_exactly_once(database, data):
-    ids = [data.add_session(runs=3) for _ in range(8)]
+    ids = data.add_sessions(unique_ids("shared", 8), runs=3)
     # Every id asked for three times, interleaved, plus ids that never existed.
     asked = ids * 3 + ["missing-1", "missing-2"]
     batches_before = database.group_commit.batches
@@ -81,7 +81,8 @@ def test_concurrent_erases_share_one_commit_and_each_id_succeeds_exactly_once(da
         found = [r for r in outcomes if r is not None]
         assert len(found) == 1, outcomes
         assert found[0].counts["runs"] == 3 and found[0].counts["sessions"] == 1
-        assert [data.counts(session_id)[k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS)
+    left = data.counts_many(ids)
+    assert all([left[session_id][k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS) for session_id in ids)
     assert results[len(asked) - 1] is None and results[len(asked) - 2] is None
 
 
@@ -179,7 +180,7 @@ def test_event_loop_callers_share_commits_and_each_id_succeeds_exactly_once(data
 
     from storage.erase import erase_session_async
 
-    ids = [data.add_session(runs=2) for _ in range(10)]
+    ids = data.add_sessions(unique_ids("loop", 10), runs=2)
     asked = ids * 3 + ["never-existed"]
 
     async def erase_all():
@@ -198,7 +199,8 @@ def test_event_loop_callers_share_commits_and_each_id_succeeds_exactly_once(data
         found = [r for r, sid in zip(results, asked) if sid == session_id and r is not None]
         assert len(found) == 1 and found[0].counts == {"runs": 2, "transcripts": 1, "compactions": 1,
                                                        "tool_result_payloads": 1, "tool_results": 1, "sessions": 1}
-        assert [data.counts(session_id)[k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS)
+    left = data.counts_many(ids)
+    assert all([left[session_id][k] for k in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS) for session_id in ids)
     assert results[-1] is None
 
 
