@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from statistics import median
 
 
 def _fmt(value, spec=",.0f", missing="–"):
@@ -11,14 +12,21 @@ def _fmt(value, spec=",.0f", missing="–"):
     return missing if value is None else format(value, spec)
 
 
-def render(meta: dict, results: list, out: Path) -> str:
-    ours = [r for r in results if r.kind == "ours"]
-    asgi = {(r.backend, r.workers): r for r in results if r.kind == "asgi"}
+def best_ceilings(results: list) -> dict:
+    """The storage ceiling per (backend, table size, runs per session): the best layout measured."""
     storage: dict = {}
     for r in results:
         key = (r.backend, r.nominal_sessions, r.runs_per_session)
         if r.kind == "storage" and (key not in storage or r.rps > storage[key].rps):
-            storage[key] = r  # the ceiling is the best layout measured
+            storage[key] = r
+    return storage
+
+
+def render(meta: dict, results: list, out: Path) -> str:
+    first_round = [r for r in results if r.round == 1]
+    ours = [r for r in first_round if r.kind == "ours"]
+    asgi = {(r.backend, r.workers): r for r in first_round if r.kind == "asgi"}
+    storage = best_ceilings(first_round)
     lines = [
         f"Run: {meta['date']}, {meta['machine']}; profile {meta['profile']}, {meta['connections']} connections, "
         f"{meta['duration_s']:g} s per measurement, {meta['elapsed_s']} s in all."
@@ -66,10 +74,43 @@ def render(meta: dict, results: list, out: Path) -> str:
             f"| {_fmt(r.cpu_ms_per_request, '.2f')} | {_fmt(s and s.rps)} | {_fmt(s and r.rps / s.rps, '.2f')} "
             f"| {cost} | {r.verified} |"
         )
+    lines += paired_rounds(meta, results)
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
     _plot(growth, storage, out / "latency.png")
     return table
+
+
+def paired_rounds(meta: dict, results: list) -> list[str]:
+    """Ours and the storage ceiling, back to back, at the main point, round by round."""
+    main_size, workers = meta.get("main_sessions", 100_000), meta.get("workers")
+    at_main = [r for r in results if r.nominal_sessions == main_size and r.runs_per_session == 3]
+    rounds = sorted({(r.backend, r.round) for r in at_main})
+    if not any(round_ > 1 for _backend, round_ in rounds):
+        return []
+    lines = [
+        "",
+        f"Paired rounds at the main point ({workers} workers): ours, then the storage ceiling right after; "
+        "round 1 is the main comparison's pair.",
+        "",
+        "| backend | round | ours req/s | storage ceiling | ours/storage | p99 ms | verified |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for backend in sorted({backend for backend, _round in rounds}):
+        ratios = []
+        for round_ in sorted(round_ for b, round_ in rounds if b == backend):
+            this = [r for r in at_main if r.backend == backend and r.round == round_]
+            ours = next((r for r in this if r.kind == "ours" and r.workers == workers), None)
+            ceiling = best_ceilings(this).get((backend, main_size, 3))
+            if ours is None or ceiling is None:
+                continue
+            ratios.append(ours.rps / ceiling.rps)
+            verified = "ok" if ours.verified == ceiling.verified == "ok" else f"{ours.verified} / {ceiling.verified}"
+            lines.append(f"| {backend} | {round_} | {ours.rps:,.0f} | {ceiling.rps:,.0f} | {ratios[-1]:.2f} "
+                         f"| {ours.p99_ms:.2f} | {verified} |")
+        if ratios:
+            lines.append(f"| {backend} | **median** | | | **{median(ratios):.2f}** | | |")
+    return lines
 
 
 def _plot(growth: list, storage: dict, path: Path) -> None:
