@@ -85,12 +85,15 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def settle() -> None:
-    """Write out what seeding left in the page cache before anything is measured.
+def settle(url: str) -> None:
+    """Finish what seeding set off before anything is measured.
 
     Seeding the 1M table leaves gigabytes of dirty pages; the kernel writing them back
     during the next measurement slowed every fsync in it (959 erases/s for ours, then
-    1,231 and 1,535/s on the same table once settled)."""
+    1,231 and 1,535/s on the same table once settled). On PostgreSQL, the rows inserted
+    (and those removed after the last measurement) would have autovacuum working
+    through the tables during the next one; it is done here instead."""
+    seeding.vacuum(url)
     os.sync()
 
 
@@ -257,7 +260,7 @@ class Bench:
         log(f"seeding {backend}: {filler:,} sessions x 3 runs (bulk)")
         seeding.reset(url)
         took = seeding.insert(url, seeding.new_ids(filler), seeding.Shape(3), bulk=True)
-        settle()
+        settle(url)
         log(f"seeded in {took:.1f}s")
         self.filler[url] = filler
         return url
@@ -265,7 +268,7 @@ class Bench:
     def add_targets(self, url: str, count: int, runs: int) -> list[str]:
         ids = seeding.new_ids(count)
         took = seeding.insert(url, ids, seeding.Shape(runs))
-        settle()
+        settle(url)
         log(f"inserted {count:,} target sessions x {runs} runs in {took:.1f}s")
         return ids
 
