@@ -4,6 +4,8 @@ cannot check at all; never prints the key."""
 
 from __future__ import annotations
 
+import argparse
+import importlib.util
 import io
 import socket
 import subprocess
@@ -18,6 +20,7 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
 from agentos_sessions.check import PhaseProgress, failures_from_junit, reproducible
+from agentos_sessions.check import main as check_main
 from tests.live_server import LiveServer, ThreadedServer, database_toml
 from tests.support import KEY
 
@@ -103,6 +106,20 @@ def test_broken_server_gets_findings_grouped_by_check_with_a_curl_each(tmp_path)
     assert out.count("✗ ST101 Server error") == 1
     assert declared_rows(out)["500"].startswith("yes")
     assert KEY not in out + done.stderr
+
+
+def test_without_schemathesis_it_is_exit_2_with_the_line_that_installs_it(monkeypatch):
+    """Not "NOT CLEAN" with a finding: the server was never judged."""
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *rest: None if name == "schemathesis" else real_find_spec(name, *rest)
+    )
+    console = Console(record=True, width=200)
+    arguments = argparse.Namespace(url="http://127.0.0.1:9", token=KEY, ids_file=None, spec=None, report_dir=None,
+                                   max_examples=1, seed=1)  # fmt: skip
+
+    assert check_main(arguments, console) == 2
+    assert "pip install 'agentos-sessions[check]'" in console.export_text()
 
 
 def test_unreachable_server_or_missing_key_is_exit_2(tmp_path):
