@@ -25,7 +25,6 @@ from hypothesis import HealthCheck, settings
 from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from schemathesis.auths import AuthContext, set_on_case
 from schemathesis.generation import GenerationMode
-from sqlalchemy import func, select
 
 from agentos_sessions.conformance import TOKEN_ENV, config_path, run_schemathesis
 from agentos_sessions.contract import contract_path
@@ -99,45 +98,19 @@ def test_every_phase_finds_nothing(backend, make_database_settings, tmp_path):
 
     database = Database(settings_)
     try:
-        runs = runs_per_session(database, ids)
-        erased = [i for i in ids if i not in runs]
+        left = AgnoData(database, settings_.default_session_table).counts_many(ids)
+        erased = [i for i in ids if left[i]["sessions"] == 0]
         # The 204 path really ran, and each erased session took its runs; the rest are whole.
         assert erased, "no seeded session was deleted: the 204 path was never exercised"
-        assert all(count == RUNS for count in runs.values())
-        assert all(not run_rows(database, i) for i in erased)
+        assert all(left[i]["runs"] == RUNS for i in ids if i not in erased)
+        assert all(left[i]["runs"] == 0 for i in erased)
     finally:
         database.dispose()
 
 
-def runs_per_session(database: Database, ids) -> dict[str, int]:
+def runs_per_session(data: AgnoData, ids) -> dict[str, int]:
     """Existing sessions among ``ids`` and their runs (0 if a session has none)."""
-    data = AgnoData(database, database.settings.default_session_table)
-    ids = list(ids)
-    with database.engine.connect() as conn:
-        present = set()
-        runs = {}
-        # Bounded IN lists keep every backend's parameter limits out of the way.
-        for start in range(0, len(ids), 500):
-            chunk = ids[start : start + 500]
-            present |= set(
-                conn.execute(select(data.sessions.c.session_id).where(data.sessions.c.session_id.in_(chunk))).scalars()
-            )
-            runs.update(
-                conn.execute(
-                    select(data.runs.c.session_id, func.count())
-                    .where(data.runs.c.session_id.in_(chunk))
-                    .group_by(data.runs.c.session_id)
-                ).all()
-            )
-    return {i: runs.get(i, 0) for i in present}
-
-
-def run_rows(database: Database, session_id: str) -> int:
-    data = AgnoData(database, database.settings.default_session_table)
-    with database.engine.connect() as conn:
-        return conn.execute(
-            select(func.count()).select_from(data.runs).where(data.runs.c.session_id == session_id)
-        ).scalar_one()
+    return {i: left["runs"] for i, left in data.counts_many(ids).items() if left["sessions"]}
 
 
 @pytest.fixture
@@ -228,7 +201,7 @@ def test_erase_state_machine(live):
 
         @invariant()
         def database_matches_model(self):
-            runs = runs_per_session(data.database, self.seen)
+            runs = runs_per_session(data, self.seen)
             assert set(runs) == self.alive
             assert all(count == RUNS for count in runs.values())
 
