@@ -23,9 +23,10 @@ Why it is exactly equivalent to one transaction per request:
   ``Database.write``, with its usual retries, so such a caller gets precisely the
   answer it would have had without grouping.
 
-With ``writer_process``, the batch's statements and COMMIT run in a process of the
-worker's own (``storage/writer_process.py``) through the same ``run_in_turn``; the
-writer thread here only hands the batch over and answers from what comes back.
+With ``writer_process``, the batch's statements and COMMIT run in the database's
+writer process, shared by all workers (``storage/writer_process.py``), through the same
+``run_in_turn``; the writer thread here only hands the batch over and answers from what
+comes back.
 """
 
 from __future__ import annotations

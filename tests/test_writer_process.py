@@ -1,6 +1,6 @@
-"""The writer process (SQLite files): batches committed by a process of the worker's own
-give the same answers, and a writer that dies, idle or mid-batch, loses nothing and
-leaves nothing half-done."""
+"""The writer process (SQLite files): batches committed by the writer every worker of
+the file shares give the same answers, and a writer that dies, idle or mid-batch, loses
+nothing and leaves nothing half-done."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from storage import erase_session
+from storage import Database, erase_session
 from tests.support import AgnoData, data_gone, writers_lock_held
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -170,11 +171,16 @@ def test_a_writer_killed_mid_batch_leaves_nothing_half_done_and_every_erase_answ
 
 
 @sqlite_only
-def test_the_writer_process_ends_with_the_database(database, data):
+def test_the_writer_process_leaves_with_its_last_worker(database, data):
     started(database)
     pid = writer(database).pid
+    socket_file = Path(f"{database.engine.url.database}-writer.sock")
+    assert socket_file.stat().st_mode & 0o777 == 0o600, "only this user may hand it erases"
+
     database.dispose()
-    assert _exited(pid)
+
+    wait_until(lambda: _exited(pid), timeout=15, what="the writer to leave")
+    assert not socket_file.exists(), "it left under the start lock, taking its socket with it"
 
 
 @sqlite_only
@@ -211,15 +217,127 @@ _WORKER = textwrap.dedent(
 
 
 @sqlite_only
-def test_a_writer_closed_before_it_is_ready_is_killed_not_waited_for(database, data):
-    assert erase_session(database, database.settings.default_session_table, "nobody-yet") is None
-    process = writer(database)._process
-    assert process is not None and not writer(database)._ready
+def test_a_worker_closed_before_its_writer_was_ready_does_not_wait_and_the_writer_leaves(database, data):
+    from storage import writer_process
 
+    assert erase_session(database, database.settings.default_session_table, "nobody-yet") is None
+    assert not writer(database).ready()
+    (pid,) = writer_process._started
+
+    started_at = time.monotonic()
     database.group_commit.close()
 
-    # Killed at once: it had no batch, so nothing of anyone's is lost.
-    assert process.returncode == -signal.SIGKILL
+    # Waiting for it to import and open the database cost every short-lived worker
+    # (and test) about a second; it needs no waiting, as it has had no batch.
+    assert time.monotonic() - started_at < 0.5
+    wait_until(lambda: _exited(pid), timeout=15, what="the writer to leave")
+
+
+@pytest.fixture
+def another_worker(database):
+    """A second worker's view of the same database file, as ``serve --workers 2`` has."""
+    opened = []
+
+    def make(**settings_changes):
+        settings = replace(database.settings, **settings_changes)
+        worker = Database(settings, busy_timeout_ms=database.busy_timeout_ms, group_commit=True, writer_process=True)
+        opened.append(worker)
+        return worker
+
+    yield make
+    for worker in opened:
+        worker.dispose()
+
+
+@sqlite_only
+def test_workers_of_one_file_share_one_writer_and_their_batches_share_a_commit(database, data, another_worker, monkeypatch):
+    second = started(another_worker())
+    started(database)
+    assert writer(second).pid == writer(database).pid
+    commits = {worker: _commits_of(worker, monkeypatch) for worker in (database, second)}
+    first_ids = data.add_sessions([f"one-{i}" for i in range(6)], runs=3)
+    second_ids = data.add_sessions([f"two-{i}" for i in range(6)], runs=3)
+    kept = data.add_sessions(["shared-kept"], runs=3)[0]
+    sent_before = [database.group_commit.sent_to_writer, second.group_commit.sent_to_writer]
+    results: dict[str, dict] = {}
+    loads = [
+        threading.Thread(target=lambda: results.update(first=erase_concurrently(database, first_ids + ["two-0"]))),
+        threading.Thread(target=lambda: results.update(second=erase_concurrently(second, second_ids + ["nobody"]))),
+    ]
+
+    with writers_lock_held(database):
+        # One worker's batch reaches the writer, which then waits for its turn; the
+        # other's arrives during that wait.
+        for load, worker, before in zip(loads, (database, second), sent_before):
+            load.start()
+            wait_until(lambda: worker.group_commit.sent_to_writer > before, what="a batch to be handed over")
+            time.sleep(0.2)
+    for load in loads:
+        load.join(60)
+
+    # The batch that came during the wait joined the waiting one's commit.
+    assert commits[database][0] == commits[second][0], commits
+    first, second_results = results["first"], results["second"]
+    assert all(first[i].counts == {"runs": 3, "sessions": 1} for i in range(6))
+    assert all(second_results[i].counts == {"runs": 3, "sessions": 1} for i in range(1, 6))
+    # "two-0" was asked of both workers at once: exactly one of them erased it.
+    assert (first[6] is None) != (second_results[0] is None)
+    assert second_results[6] is None
+    assert all(data_gone(data, session_id) for session_id in first_ids + second_ids)
+    left = data.counts(kept)
+    assert (left["sessions"], left["runs"]) == (1, 3)
+
+
+def _commits_of(database, monkeypatch) -> list[int]:
+    """The writer's commit numbers that carried this worker's batches, from now on."""
+    seen: list[int] = []
+    end = writer(database)
+    send_and_wait = end.run
+
+    def run(portable):
+        outcomes = send_and_wait(portable)
+        seen.append(end.last_commit)
+        return outcomes
+
+    monkeypatch.setattr(end, "run", run)
+    return seen
+
+
+@sqlite_only
+def test_a_worker_with_other_settings_is_turned_away_and_commits_in_the_worker(database, data, another_worker, caplog):
+    started(database)
+    # Another server on the same file, erasing traces from another table.
+    other = another_worker(traces_table="other_traces")
+    ids = data.add_sessions([f"other-{i}" for i in range(5)], runs=2)
+
+    with caplog.at_level(logging.WARNING, logger="storage.writer_process"):
+        assert erase_session(other, other.settings.default_session_table, ids[0]) is not None
+        wait_until(
+            lambda: not writer(other).ready() and "turned this worker away" in caplog.text,
+            what="the writer to turn it away",
+        )
+        for session_id in ids[1:]:
+            assert erase_session(other, other.settings.default_session_table, session_id) is not None
+
+    assert other.group_commit.sent_to_writer == 0 and writer(other).pid is None
+    assert all(data_gone(data, session_id) for session_id in ids)
+
+
+@sqlite_only
+def test_a_database_deep_in_the_file_system_still_gets_a_shared_writer(database, another_worker, tmp_path):
+    deep = tmp_path / ("d" * 60) / ("e" * 60)
+    deep.mkdir(parents=True)
+    deep_database = another_worker(url=f"sqlite:///{deep / 'agno.db'}")
+    agno = AgnoData(deep_database, deep_database.settings.default_session_table)
+    agno.create_all(with_side_tables=False)
+    ids = agno.add_sessions([f"deep-{i}" for i in range(5)], runs=2)
+    assert len(f"{deep / 'agno.db'}-writer.sock") > 107, "beyond what an AF_UNIX address holds"
+
+    started(deep_database)
+    results = erase_concurrently(deep_database, ids)
+
+    assert deep_database.group_commit.remote_batches > 0
+    assert all(results[i] is not None for i in range(5)) and all(data_gone(agno, sid) for sid in ids)
 
 
 @sqlite_only
