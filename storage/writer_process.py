@@ -35,6 +35,7 @@ import logging
 import os
 import signal
 import socket
+import struct
 import sys
 import time
 from contextlib import contextmanager
@@ -95,6 +96,15 @@ def _address(socket_path: str) -> Iterator[str]:
         os.close(directory)
 
 
+def _same_user(connection: socket.socket) -> bool:
+    """Whether the writer at the other end runs as this user. What it sends is
+    unpickled, and in a directory others may write to, another user could have bound
+    the socket first. (The other way round, the socket's mode 0600 keeps others out.)"""
+    credentials = connection.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    _pid, uid, _gid = struct.unpack("3i", credentials)
+    return uid == os.geteuid()
+
+
 class WriterProcess:
     """A worker's end: it reaches (or starts) the shared writer with the first batch, and
     uses it once the writer has said ready. Only the worker's writer thread calls it
@@ -151,6 +161,8 @@ class WriterProcess:
                     except (FileNotFoundError, ConnectionRefusedError):
                         self._start_writer(address)
                         ours.connect(address)
+                    if not _same_user(ours):
+                        raise PermissionError(f"{self._socket_path} is served by another user")
                 except BaseException:
                     ours.close()
                     raise

@@ -324,6 +324,25 @@ def test_a_worker_with_other_settings_is_turned_away_and_commits_in_the_worker(d
 
 
 @sqlite_only
+def test_a_writer_run_by_another_user_is_never_used(database, data, monkeypatch, caplog):
+    import storage.writer_process as writer_process
+
+    # As if the socket beside the database had been bound by someone else first.
+    monkeypatch.setattr(writer_process.os, "geteuid", lambda: os.getuid() + 1)
+    monkeypatch.setattr(writer_process, "RESTART_INTERVAL_S", 0)
+    ids = data.add_sessions([f"stranger-{i}" for i in range(6)], runs=1)
+
+    with caplog.at_level(logging.WARNING, logger="storage.writer_process"):
+        for session_id in ids:
+            assert erase_session(database, database.settings.default_session_table, session_id) is not None
+            writer(database).ready()
+
+    assert "served by another user" in caplog.text
+    assert database.group_commit.sent_to_writer == 0 and writer(database).pid is None
+    assert all(data_gone(data, session_id) for session_id in ids)
+
+
+@sqlite_only
 def test_a_database_deep_in_the_file_system_still_gets_a_shared_writer(database, another_worker, tmp_path):
     deep = tmp_path / ("d" * 60) / ("e" * 60)
     deep.mkdir(parents=True)
