@@ -7,10 +7,11 @@ batch, while it holds the writers' lock (``_writers_in_turn``). In a process of 
 own the batch runs undisturbed (bench/README.md, fourth round).
 
 Why shared: with a writer per worker, the workers' writers took turns on that lock,
-each with its worker's half of the erases: smaller batches, twice the commits, and a
-hand-over between processes at every turn. Two workers erased about a quarter less per
-second than one (fifth round). The shared writer takes whatever batches the workers
-have sent when its turn comes, commits them together and answers each worker.
+each committing only its own worker's erases, and each cost its worker about 45 MB.
+The shared writer takes whatever batches the workers have sent when its turn comes,
+commits them together and answers each worker; a file has one writer whatever the
+number of workers. (It did not make 2 workers faster than 1 on 2 cores: the commit
+count was not what held them back; bench/README.md, sixth round.)
 
 How the workers find it: a Unix socket ``<db>-writer.sock`` beside the database (mode
 0600), reached only under the ``<db>-writer-start-lock`` flock. The worker that finds
