@@ -38,6 +38,7 @@ import os
 import queue
 import sys
 import threading
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Callable, Generic, TypeVar
 
@@ -59,6 +60,12 @@ MAX_BATCH = 64
 # second through than 5 ms, and 0.1 ms about 7% more than 0.5 ms; below that, nothing
 # more (bench/README.md).
 WRITER_SWITCH_INTERVAL = 0.0001
+
+# After a commit on a SQLite file, once no work has come for this long, the writer cuts
+# the WAL to nothing (``truncate_wal``); if a reader keeps it from that, it tries again
+# after the second interval. Steady load never pays for it: the writer is never idle.
+TRUNCATE_WAL_WHEN_IDLE_S = 0.2
+TRUNCATE_WAL_RETRY_S = 1.0
 
 _STOP = object()
 
@@ -159,6 +166,7 @@ class GroupCommit:
         self.sent_to_writer = 0  # batches handed to the writer process, for tests
         self.remote_batches = 0  # commits the writer process made, for tests
         self._writer_process: "WriterProcess | None" = None
+        self._wal_cut_at: float | None = None  # set by a commit on a SQLite file
         # Only where our writers share a lock across workers (a SQLite file): there a
         # writer waiting for its GIL keeps every worker waiting. On PostgreSQL each
         # worker's writer waits only for itself, and handing batches over cost more
@@ -268,8 +276,13 @@ class GroupCommit:
 
     def _loop(self) -> None:
         while True:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._until_wal_cut())
+            except queue.Empty:
+                self._cut_wal()
+                continue
             if first is _STOP:
+                self._cut_wal_if_due()
                 return
             batch = [first]
             self._top_up(batch)
@@ -282,8 +295,28 @@ class GroupCommit:
                         item.error = exc
                         item.done.set()
             self._wake(batch)
+            if self._lock_path is not None:
+                self._wal_cut_at = time.monotonic() + TRUNCATE_WAL_WHEN_IDLE_S
             if self._stop_seen:
+                self._cut_wal_if_due()
                 return
+
+    def _until_wal_cut(self) -> float | None:
+        return None if self._wal_cut_at is None else max(0.0, self._wal_cut_at - time.monotonic())
+
+    def _cut_wal_if_due(self) -> None:
+        if self._wal_cut_at is not None:
+            self._cut_wal()
+
+    def _cut_wal(self) -> None:
+        try:
+            cut = self.truncate_wal()
+        except Exception:
+            # Not retried until the next commit: a WAL that cannot be checkpointed at all
+            # (a read-only directory) would otherwise log this every second.
+            logger.warning("could not truncate the WAL of database %s", self._database.id, exc_info=True)
+            cut = True
+        self._wal_cut_at = None if cut else time.monotonic() + TRUNCATE_WAL_RETRY_S
 
     def _top_up(self, batch: list[_Pending]) -> None:
         """Add whatever is waiting, up to the batch limit; a stop ends the loop after it."""
@@ -328,6 +361,29 @@ class GroupCommit:
             batch = works()
             with self._batch_transaction() as conn:
                 return _run_in_runs(conn, batch)
+
+    def truncate_wal(self) -> bool:
+        """In this writer's turn, copy the whole SQLite WAL into the database and cut the
+        WAL to nothing; False if a reader or another writer kept it from completing.
+
+        Why: an erase overwrites the conversation in the database file (``secure_delete``),
+        but the WAL still holds the pages Agno wrote it into, and frames past the point
+        where the WAL is reused stay in the file for as long as the database is open. It
+        never waits for a reader: the next try comes later.
+        """
+        with self._writers_in_turn():
+            raw = self._database.engine.raw_connection()
+            try:
+                cursor = raw.cursor()
+                cursor.execute("PRAGMA busy_timeout=0")
+                try:
+                    busy, _frames, _copied = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    cursor.execute(f"PRAGMA busy_timeout={int(self._database.busy_timeout_ms)}")
+                    cursor.close()
+            finally:
+                raw.close()
+        return busy == 0
 
     def _topped_up_works(self, batch: list[_Pending]) -> list[Callable[[Connection], object]]:
         # Erases that came in while another worker's writer held the lock join this

@@ -72,6 +72,14 @@ def refuse_compaction_deletes(database: Database, message: str, *, only_session:
         ))  # fmt: skip
 
 
+def wait_until(condition, timeout: float = 30, what: str = "condition") -> None:
+    """Poll until ``condition()`` holds, or fail naming what never happened."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
 def unique_ids(prefix: str, count: int) -> list[str]:
     """Session ids no other test run uses: on PostgreSQL every schema shares fs.agno_fs."""
     run = uuid.uuid4().hex[:8]

@@ -3,13 +3,24 @@
 from __future__ import annotations
 
 import threading
+import time
+import uuid
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 
 from storage import ErasedRows, erase_session
-from tests.support import CONVERSATION_KINDS, AgnoData, data_gone, refuse_compaction_deletes, unique_ids, writers_lock_held
+from tests.support import (
+    CONVERSATION_KINDS,
+    AgnoData,
+    data_gone,
+    refuse_compaction_deletes,
+    unique_ids,
+    wait_until,
+    writers_lock_held,
+)
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -389,3 +400,49 @@ def test_the_writer_gets_the_gil_back_quickly(database, data):
         assert sys.getswitchinterval() <= WRITER_SWITCH_INTERVAL
     finally:
         sys.setswitchinterval(previous)
+
+
+def _wal_holding_a_marker(data, session_id) -> tuple[Path, bytes]:
+    """Write a marker into the session's runs, as an agent would; the WAL now holds it."""
+    marker = f"private-{uuid.uuid4().hex}".encode()
+    with data.database.engine.begin() as conn:
+        conn.execute(
+            data.runs.update().where(data.runs.c.session_id == session_id),
+            {"run_data": {"messages": [{"role": "user", "content": marker.decode() * 200}]}},
+        )
+    wal = Path(f"{data.database.engine.url.database}-wal")
+    assert marker in wal.read_bytes(), "the scan must see the text while the WAL holds it"
+    return wal, marker
+
+
+both_writers = pytest.mark.parametrize("writer_process", [False, True], ids=["in-worker", "writer-process"])
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+@both_writers
+def test_an_erased_conversation_leaves_the_wal_once_the_writer_is_idle(make_database, writer_process):
+    database = make_database(group_commit=True, writer_process=writer_process)
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all(with_side_tables=False)
+    session_id = data.add_session(runs=2)
+    wal, marker = _wal_holding_a_marker(data, session_id)
+
+    assert erase(database, session_id) is not None
+
+    wait_until(lambda: marker not in wal.read_bytes(), what="the WAL to be cut")
+    assert marker not in Path(database.engine.url.database).read_bytes()
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_reader_on_an_old_snapshot_only_delays_the_wal_cut(database, data):
+    first, second = data.add_sessions(unique_ids("old-snapshot", 2), runs=2)
+    wal, marker = _wal_holding_a_marker(data, first)
+
+    with database.engine.connect() as agent, agent.begin():
+        agent.execute(data.sessions.select()).all()  # an agent reading, on the snapshot before the erase
+        assert erase(database, first) is not None
+        time.sleep(1.5)  # idle long enough for the cut to be tried, and tried again
+        assert marker in wal.read_bytes(), "the reader's snapshot still needs those frames"
+        assert erase(database, second) is not None  # erases go on meanwhile
+
+    wait_until(lambda: marker not in wal.read_bytes(), what="the WAL to be cut")

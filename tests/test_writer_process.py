@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from storage import Database, erase_session
-from tests.support import AgnoData, data_gone, writers_lock_held
+from tests.support import AgnoData, data_gone, wait_until, writers_lock_held
 
 pytestmark = pytest.mark.usefixtures("backend")
 # Only SQLite's writers share a lock across workers; PostgreSQL gets no writer process.
@@ -27,13 +27,6 @@ sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])
 
 def writer(database):
     return database.group_commit._writer_process
-
-
-def wait_until(condition, timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def started(database):
