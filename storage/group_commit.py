@@ -310,13 +310,13 @@ class GroupCommit:
 
     def _cut_wal(self) -> None:
         try:
-            cut = self.truncate_wal()
+            retry = not self.truncate_wal()  # a reader kept it from completing
         except Exception:
             # Not retried until the next commit: a WAL that cannot be checkpointed at all
             # (a read-only directory) would otherwise log this every second.
             logger.warning("could not truncate the WAL of database %s", self._database.id, exc_info=True)
-            cut = True
-        self._wal_cut_at = None if cut else time.monotonic() + TRUNCATE_WAL_RETRY_S
+            retry = False
+        self._wal_cut_at = time.monotonic() + TRUNCATE_WAL_RETRY_S if retry else None
 
     def _top_up(self, batch: list[_Pending]) -> None:
         """Add whatever is waiting, up to the batch limit; a stop ends the loop after it."""

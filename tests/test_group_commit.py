@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 import uuid
@@ -446,3 +447,25 @@ def test_a_reader_on_an_old_snapshot_only_delays_the_wal_cut(database, data):
         assert erase(database, second) is not None  # erases go on meanwhile
 
     wait_until(lambda: marker not in wal.read_bytes(), what="the WAL to be cut")
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_wal_that_cannot_be_cut_is_not_retried_until_the_next_commit(database, data, monkeypatch, caplog):
+    tries: list[int] = []
+
+    def cannot_cut():
+        tries.append(1)
+        raise OSError("attempt to write a readonly database")
+
+    monkeypatch.setattr(database.group_commit, "truncate_wal", cannot_cut)
+    first, second = data.add_sessions(unique_ids("no-cut", 2), runs=1)
+
+    with caplog.at_level(logging.WARNING, logger="storage.group_commit"):
+        assert erase(database, first) is not None
+        wait_until(lambda: tries, what="the cut to be tried")
+        time.sleep(1.5)  # past the retry interval: a retry would have come by now
+        assert len(tries) == 1, "a failing cut must not log every second"
+        assert erase(database, second) is not None
+        wait_until(lambda: len(tries) == 2, what="the next commit's cut")
+
+    assert caplog.text.count("could not truncate the WAL") == 2
