@@ -162,6 +162,17 @@ class AgnoData:
     def add_session(self, session_id: str | None = None, *, runs: int = 2, everything: bool = True) -> str:
         return self.add_sessions([session_id or str(uuid.uuid4())], runs=runs, everything=everything)[0]
 
+    def write_private_text(self, session_id: str) -> bytes:
+        """Put a text found nowhere else into the session's runs, as a conversation would
+        be; returned as bytes, to scan the database's files for."""
+        marker = f"private-{uuid.uuid4().hex}"
+        with self.database.engine.begin() as conn:
+            conn.execute(
+                self.runs.update().where(self.runs.c.session_id == session_id),
+                {"run_data": {"messages": [{"role": "user", "content": marker * 200}]}},
+            )
+        return marker.encode()
+
     def add_sessions(self, session_ids: list[str], *, runs: int = 2, everything: bool = True) -> list[str]:
         """Write sessions (and, with ``everything``, a row in each side table) in one transaction."""
         present = set(inspect(self.database.engine).get_table_names(schema=self.sessions.schema))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import uuid
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -405,12 +404,7 @@ def test_the_writer_gets_the_gil_back_quickly(database, data):
 
 def _wal_holding_a_marker(data, session_id) -> tuple[Path, bytes]:
     """Write a marker into the session's runs, as an agent would; the WAL now holds it."""
-    marker = f"private-{uuid.uuid4().hex}".encode()
-    with data.database.engine.begin() as conn:
-        conn.execute(
-            data.runs.update().where(data.runs.c.session_id == session_id),
-            {"run_data": {"messages": [{"role": "user", "content": marker.decode() * 200}]}},
-        )
+    marker = data.write_private_text(session_id)
     wal = Path(f"{data.database.engine.url.database}-wal")
     assert marker in wal.read_bytes(), "the scan must see the text while the WAL holds it"
     return wal, marker
