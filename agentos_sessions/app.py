@@ -2,54 +2,33 @@
 
 from __future__ import annotations
 
+import asyncio
+import copy
 import json
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import replace
 
 from connexion import AsyncApp
+from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
-from starlette.concurrency import run_in_threadpool
-from starlette.convertors import PathConvertor, register_url_convertor
 from starlette.requests import Request
-from starlette.routing import Router
 from starlette.responses import Response
 
 from agentos_sessions import fast_lane, operators
 from agentos_sessions.contract import Contract
 from agentos_sessions.errors import register_error_renderer
-from agentos_sessions.security import bearer_handler_for, generate_key
-from agentos_sessions.settings import ENV_SECURITY_KEY, Settings, load_settings
-from storage import Storage
-
-
-class _AnyPathConvertor(PathConvertor):
-    regex = "(?s:.*)"
-
-
-# Connexion mounts the API, and Starlette's mount pattern ("path" convertor, ".*") stops
-# at a newline, so a session id holding one could never be erased. Routing must match
-# every id the database can hold; registered before any app compiles its routes.
-register_url_convertor("path", _AnyPathConvertor())
-
-
-def exact_paths_only(connexion_app) -> None:
-    """Turn off Starlette's trailing-slash redirects in every router of a started app.
-
-    ``DELETE /sessions/x/`` would be answered 307 to ``/sessions/x`` (built from the
-    Host header), inviting a client to erase a session it did not name; unknown paths
-    are 404 NOT_FOUND instead. Connexion builds its routers when the app first runs,
-    so this is called from the lifespan.
-    """
-    pending = [getattr(layer, "router", None) for layer in connexion_app.middleware_stack or ()]
-    while pending:
-        router = pending.pop()
-        if isinstance(router, Router):
-            router.redirect_slashes = False
-            for route in router.routes:
-                inner = getattr(route, "app", None)
-                pending.extend([inner, getattr(inner, "router", None)])
+from agentos_sessions.http import RequestGuard
+from agentos_sessions.security import BEARER_INFO_FUNC, STATE_KEY, generate_key
+from agentos_sessions.settings import (
+    ENV_SECURITY_KEY,
+    Settings,
+    load_settings,
+    open_storage,
+)
+from handlers.record import DELETE_OPERATION
+from handlers.sessions import erase_and_answer
 
 
 def announce_generated_key(settings: Settings, stream=sys.stderr) -> Settings:
@@ -70,29 +49,36 @@ def announce_generated_key(settings: Settings, stream=sys.stderr) -> Settings:
     return replace(settings, security_key=key)
 
 
+def connexion_view(contract: Contract) -> dict:
+    """The contract's 3.0 view with its bearer scheme bound to ``verify_bearer``."""
+    view = copy.deepcopy(contract.openapi30)
+    for scheme in view.get("components", {}).get("securitySchemes", {}).values():
+        if scheme.get("type") == "http" and str(scheme.get("scheme", "")).lower() == "bearer":
+            scheme["x-bearerInfoFunc"] = BEARER_INFO_FUNC
+    return view
+
+
 def create_app(settings: Settings | None = None, *, contract: Contract | None = None) -> AsyncApp:
     settings = announce_generated_key(settings or load_settings())
     contract = contract or Contract.load()
-    storage = Storage(settings)
+    storage = open_storage(settings)
 
     @asynccontextmanager
-    async def lifespan(connexion_app):
-        exact_paths_only(connexion_app)
-        await run_in_threadpool(storage.start)
+    async def lifespan(_app):
+        await asyncio.to_thread(storage.start)
         try:
-            yield {"storage": storage}
+            yield {"storage": storage, STATE_KEY: settings.security_key}
         finally:
-            await run_in_threadpool(storage.close)
+            await asyncio.to_thread(storage.close)
 
     app = AsyncApp(
         __name__,
         lifespan=lifespan,
         # Connexion would serve its converted 3.0 view; clients get the original below.
         swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False),
-        security_map={"bearer": bearer_handler_for(settings.security_key)},
     )
     app.add_api(
-        contract.openapi30,
+        connexion_view(contract),
         resolver=RelativeResolver("handlers"),
         validate_responses=settings.validate_responses,
         strict_validation=True,
@@ -109,8 +95,15 @@ def create_app(settings: Settings | None = None, *, contract: Contract | None = 
     app.add_url_rule("/openapi.yaml", "openapi_yaml", openapi_yaml, methods=["GET"])
     register_error_renderer(app)
     app.metrics = operators.install(app, settings, storage)
+    # Inside the exception middleware, so what they raise is rendered like any error.
+    app.add_middleware(
+        RequestGuard, position=MiddlewarePosition.BEFORE_SWAGGER, request_timeout_s=settings.request_timeout_ms / 1000
+    )
     if settings.fast_lane:
-        fast_lane.install(app, contract.document, storage, settings.security_key)
+        fast_lane.install(
+            app, contract.document, operation_id=DELETE_OPERATION, answer=erase_and_answer, storage=storage,
+            security_key=settings.security_key,
+        )  # fmt: skip
     app.storage = storage
     return app
 

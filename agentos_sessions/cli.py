@@ -3,22 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
+import resource
 import shutil
 import sys
 
-from agentos_sessions.settings import (
-    ENV_CONFIG,
-    ENV_HOST,
-    ENV_PORT,
-    ENV_SECURITY_KEY,
-    ENV_WORKERS,
-    SettingsError,
-    load_settings,
-)
+from agentos_sessions.settings import ENV_CONFIG, ENV_SECURITY_KEY, SettingsError, env_name, load_settings
+
+ENV_HOST, ENV_PORT, ENV_WORKERS = env_name("host"), env_name("port"), env_name("workers")
 
 FACTORY = "agentos_sessions.app:create_app_from_environment"
-HTTP_PROTOCOL = "agentos_sessions.http_protocol:BoundedHttpToolsProtocol"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -74,12 +69,22 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def raise_open_file_limit() -> None:
+    """Every connection is a descriptor, and a soft limit of 1,024 is soon reached by
+    idle or slow clients (until the request timeout closes them): serve takes the hard
+    limit, as Go's runtime and nginx's worker_rlimit_nofile do."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from agentos_sessions.app import announce_generated_key
+    from agentos_sessions.http import H11_MAX_INCOMPLETE_EVENT_SIZE, BoundedH11Protocol
     from agentos_sessions.observability import logging_config, prepare_multiprocess_dir
-    from storage import Storage
+    from agentos_sessions.settings import open_storage
 
     # Workers are separate processes that rebuild settings from the environment, so
     # every choice made here travels through it.
@@ -90,9 +95,11 @@ def _serve(args: argparse.Namespace) -> int:
     settings = announce_generated_key(load_settings())
     os.environ[ENV_SECURITY_KEY] = settings.security_key
     # Create missing tables once, before workers start and race each other to it.
-    storage = Storage(settings)
+    storage = open_storage(settings)
     storage.start()
     storage.close()
+    # Process-wide settings belong here, where the process is owned (README, "serve").
+    raise_open_file_limit()
     metrics_dir = None
     if settings.workers > 1:
         # Each worker counts in files here, so /metrics from any worker reports all of them.
@@ -106,8 +113,10 @@ def _serve(args: argparse.Namespace) -> int:
         log_level=args.log_level,
         log_config=logging_config(args.log_level),
         access_log=not args.no_access_log,
-        # Bounded request heads, and JSON errors for requests the app never sees.
-        http=HTTP_PROTOCOL,
+        # Bounded request heads (in time and size), and JSON errors for requests the app
+        # never sees; a partial of a module-level class, so spawned workers get it too.
+        http=functools.partial(BoundedH11Protocol, request_timeout_s=settings.request_timeout_ms / 1000),
+        h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT_SIZE,
     )
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
@@ -115,10 +124,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from storage import Storage
+    from agentos_sessions.settings import open_storage
     from storage.seed import seed_sessions
 
-    storage = Storage(load_settings(config_file=args.config))
+    storage = open_storage(load_settings(config_file=args.config))
     try:
         target = storage.locate(args.db_id, args.table)
         ids = seed_sessions(target.database, target.session_table, count=args.count, runs_per_session=args.runs)

@@ -16,7 +16,7 @@ from pathlib import Path
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 
-from agentos_sessions.errors import ApiError
+from handlers.errors import ApiError
 
 ASSETS_PACKAGE = "swagger_ui"
 # Only these files are served: a fixed list, so no path from the URL reaches the disk.

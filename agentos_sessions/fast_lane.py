@@ -1,45 +1,43 @@
 """The fast lane: plain delete requests answered without Connexion's generic per-request work.
 
-Why: Connexion's routing, security, validation and context middlewares cost about
-0.9 ms of CPU per request (``bench.inprocess --stub``: about 1,050 µs without the lane,
-120 µs with it), more than twice what SQLite spends erasing a session; under a backlog
-of erase requests that was the bottleneck (bench/README.md).
+Why: Connexion's routing, security, validation and context middlewares cost more CPU
+per request than SQLite spends erasing a session (``bench/README.md`` has the figures);
+under a backlog of erase requests that was the bottleneck.
 
 What it takes is only what Connexion would certainly route to ``delete_session`` and
 let through security and validation unchanged:
 
-- ``DELETE`` on a raw path ``/sessions/<id>`` whose id is made of unreserved URL
+- ``DELETE`` on a raw path ``<prefix>/<id>`` whose id is made of unreserved URL
   characters only, so there is nothing to percent-decode and nothing to normalise;
 - a query string of the operation's own query parameters, each at most once, with
   non-empty values of unreserved characters;
 - exactly one ``Authorization`` header, exactly ``Bearer <key>``;
 - no body: no ``Content-Type``, no ``Transfer-Encoding``, no ``Content-Length`` but 0.
 
-Anything else, down to a lowercase ``bearer``, goes through Connexion as before. What
-the lane does with what it takes is what the handler does: the same
-``handlers.sessions.erase_and_answer`` and the same error renderer. It sits inside the
-operators' middleware, so request ids, metrics and audit lines are unchanged.
+Anything else, down to a lowercase ``bearer``, goes through Connexion. What the lane
+does with what it takes is what the handler does: it calls the handler's own
+``answer`` function, given at install, and its errors go to the same renderer.
 
-The lane reads its route from the contract and checks that the operation still has the
-shape it relies on (one string path parameter, optional plain-string query parameters,
-no body, HTTP bearer security). If the contract says anything else, there is no fast
-lane and Connexion answers everything. ``tests/test_fast_lane.py`` sends the same
-requests with and without it and compares the answers byte for byte.
+The route is compiled from the contract: one string path parameter, optional
+plain-string query parameters the answer function takes, no body, HTTP bearer
+security. If the contract asks for anything else, there is no lane.
+``tests/test_fast_lane.py`` sends the same requests with and without it and compares
+the answers byte for byte.
 """
 
 from __future__ import annotations
 
 import inspect
 import re
-from typing import Any
+from typing import Any, Awaitable, Callable
 
+from connexion.middleware import MiddlewarePosition
+from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from agentos_sessions.errors import error_response
-from agentos_sessions.observability import DELETE_OPERATION, current_request_record
 from agentos_sessions.security import token_matches
-from handlers.sessions import erase_and_answer
-from storage import Storage
+
+Answer = Callable[..., Awaitable[Response]]
 
 _UNRESERVED = re.compile(rb"[A-Za-z0-9_~-][A-Za-z0-9._~-]*")
 _BODY_HEADERS = (b"content-type", b"transfer-encoding")
@@ -60,20 +58,20 @@ def _is_plain_string(schema: Any, *, nullable: bool) -> bool:
 
 
 class Route:
-    """What the lane needs to know about the delete operation, read from the contract."""
+    """The delete operation's route, compiled from the contract."""
 
     def __init__(self, prefix: bytes, query_names: frozenset[bytes]):
         self.prefix = prefix
         self.query_names = query_names
 
     @classmethod
-    def from_contract(cls, document: dict[str, Any], operation_id: str = DELETE_OPERATION) -> "Route | None":
+    def from_contract(cls, document: dict[str, Any], operation_id: str, answer: Answer) -> "Route | None":
         """The operation's route, or None when it asks for more than the lane checks.
 
-        Query parameters must also be ones ``erase_and_answer`` takes, so a parameter the
-        contract gains later can never be passed where nothing expects it.
+        Query parameters must also be ones ``answer`` takes, so a parameter the contract
+        gains later can never be passed where nothing expects it.
         """
-        handled = set(inspect.signature(erase_and_answer).parameters) - {"storage", "session_id"}
+        handled = set(inspect.signature(answer).parameters) - {"storage", "session_id"}
         schemes = document.get("components", {}).get("securitySchemes", {})
         for template, path_item in document.get("paths", {}).items():
             operation = path_item.get("delete") if isinstance(path_item, dict) else None
@@ -110,8 +108,8 @@ class Route:
         """(session_id, query arguments) if the request is one the lane may answer."""
         if scope["method"] != "DELETE" or scope.get("root_path"):
             return None
-        raw_path = scope.get("raw_path")
-        if not raw_path or not raw_path.startswith(self.prefix):
+        raw_path = scope["raw_path"]
+        if not raw_path.startswith(self.prefix):
             return None
         session_id = raw_path[len(self.prefix) :]
         if not _UNRESERVED.fullmatch(session_id):
@@ -123,16 +121,13 @@ class Route:
 
     def _query_arguments(self, query: bytes) -> dict[str, str] | None:
         arguments: dict[str, str] = {}
-        if not query:
-            return arguments
-        for pair in query.split(b"&"):
+        for pair in query.split(b"&") if query else ():
             name, equals, value = pair.partition(b"=")
             if not equals or name not in self.query_names or not _UNRESERVED.fullmatch(value):
                 return None
-            text = name.decode()
-            if text in arguments:
+            if name.decode() in arguments:
                 return None
-            arguments[text] = value.decode()
+            arguments[name.decode()] = value.decode()
         return arguments
 
 
@@ -145,10 +140,8 @@ def _plain_bearer_request(headers, key: bytes) -> bool:
             authorization = value
         elif name in _BODY_HEADERS or (name == b"content-length" and value != b"0"):
             return False
-    return (
-        authorization is not None
-        and authorization.startswith(b"Bearer ")
-        and token_matches(authorization[7:].decode("latin-1"), key.decode())
+    return authorization is not None and authorization.startswith(b"Bearer ") and token_matches(
+        authorization[7:].decode("latin-1"), key.decode()
     )
 
 
@@ -158,25 +151,25 @@ def keeps_keys_plain(key: str) -> bool:
     return re.fullmatch(r"[!-~]+", key) is not None
 
 
-def install(app, contract_document: dict[str, Any], storage: Storage, security_key: str) -> None:
-    """Add the lane inside the operators' middleware, if the contract and key allow one."""
-    from connexion.middleware import MiddlewarePosition
-
-    route = Route.from_contract(contract_document)
+def install(app, document: dict[str, Any], *, operation_id: str, answer: Answer, storage, security_key: str) -> bool:
+    """Add the lane in front of Connexion's routing, if the contract and key allow one."""
+    route = Route.from_contract(document, operation_id, answer)
     if route is None or not keeps_keys_plain(security_key):
-        return
-    # Same position as the operators' middleware, added after it, so it runs inside it.
+        return False
     app.add_middleware(
-        FastLane, position=MiddlewarePosition.BEFORE_EXCEPTION, route=route, storage=storage, security_key=security_key
-    )
+        FastLane, position=MiddlewarePosition.BEFORE_SWAGGER, route=route, answer=answer, storage=storage,
+        security_key=security_key,
+    )  # fmt: skip
+    return True
 
 
 class FastLane:
     """ASGI middleware: answers the requests ``Route.match`` accepts, passes on the rest."""
 
-    def __init__(self, app: ASGIApp, *, route: Route, storage: Storage, security_key: str) -> None:
+    def __init__(self, app: ASGIApp, *, route: Route, answer: Answer, storage, security_key: str) -> None:
         self.app = app
         self.route = route
+        self.answer = answer
         self.storage = storage
         self.key = security_key.encode()
 
@@ -186,10 +179,5 @@ class FastLane:
             await self.app(scope, receive, send)
             return
         session_id, arguments = matched
-        record = current_request_record()
-        record.operation, record.session_id = DELETE_OPERATION, session_id
-        try:
-            response = await erase_and_answer(self.storage, session_id, **arguments)
-        except Exception as exc:
-            response = error_response(exc, scope["method"], scope["path"])
+        response = await self.answer(self.storage, session_id, **arguments)
         await response(scope, receive, send)

@@ -16,22 +16,18 @@ import os
 import re
 import time
 import uuid
-from contextvars import ContextVar
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from agentos_sessions.errors import error_code_for
 from agentos_sessions.security import key_fingerprint
-from storage.audit import AuditEntry
-from storage.erase import ErasedRows
+from handlers.errors import error_code_for
+from handlers.record import DELETE_OPERATION, RequestRecord, current_record
 
 REQUEST_ID_HEADER = "X-Request-ID"
-DELETE_OPERATION = "delete_session"
 AUDIT_LOGGER = "agentos_sessions.audit"
 MULTIPROCESS_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -54,38 +50,6 @@ def request_id_from(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
-@dataclass
-class RequestRecord:
-    """One request as operators see it: filled in from inside, read by the outer middleware."""
-
-    request_id: str
-    caller: str | None
-    operation: str = "unmatched"
-    session_id: str | None = None
-    db_id: str | None = None
-    table: str | None = None
-    # Set once storage has answered: the rows erased, or None for "no such session".
-    erased: ErasedRows | None = None
-    storage_answered: bool = False
-
-    def located(self, db_id: str, table: str) -> None:
-        self.db_id, self.table = db_id, table
-
-    def settled(self, erased: ErasedRows | None) -> None:
-        self.erased, self.storage_answered = erased, True
-
-    def audit_entry(self) -> AuditEntry:
-        return AuditEntry(request_id=self.request_id, caller=self.caller)
-
-
-_current_record: ContextVar[RequestRecord | None] = ContextVar("agentos_sessions_request", default=None)
-
-
-def current_request_record() -> RequestRecord:
-    """The record the middleware opened for this request, or a detached one outside it."""
-    return _current_record.get() or RequestRecord(request_id=uuid.uuid4().hex, caller=None)
-
-
 def multiprocess_metrics() -> bool:
     return bool(os.environ.get(MULTIPROCESS_ENV))
 
@@ -105,39 +69,26 @@ class Metrics:
         self.registry = CollectorRegistry()
         self._children: dict[tuple, object] = {}
         target = None if multiprocess_metrics() else self.registry
-        self.requests = Counter(
-            "agentos_sessions_http_requests",
-            "HTTP requests answered, by operation and status.",
-            ["operation", "status"],
-            registry=target,
-        )
-        self.latency = Histogram(
-            "agentos_sessions_http_request_duration_seconds",
-            "Time from request to the end of the response, by operation.",
-            ["operation"],
-            registry=target,
-        )
-        self.sessions_erased = Counter(
-            "agentos_sessions_sessions_erased",
-            "Sessions erased, by database id.",
-            ["db_id"],
-            registry=target,
-        )
-        self.rows_erased = Counter(
-            "agentos_sessions_dependent_rows_erased",
-            "Rows erased along with their session (runs, transcripts, ...), by database id and kind.",
-            ["db_id", "kind"],
-            registry=target,
-        )
-        self.errors = Counter(
-            "agentos_sessions_errors",
-            "Error responses, by the error_code their body carries.",
-            ["error_code"],
-            registry=target,
-        )
+        self.requests = Counter("agentos_sessions_http_requests", "HTTP requests answered, by operation and status.",
+                                ["operation", "status"], registry=target)  # fmt: skip
+        self.latency = Histogram("agentos_sessions_http_request_duration_seconds",
+                                 "Time from request to the end of the response, by operation.",
+                                 ["operation"], registry=target)  # fmt: skip
+        self.sessions_erased = Counter("agentos_sessions_sessions_erased", "Sessions erased, by database id.",
+                                       ["db_id"], registry=target)  # fmt: skip
+        self.rows_erased = Counter("agentos_sessions_dependent_rows_erased",
+                                   "Rows erased along with their session (runs, transcripts, ...), by database id "
+                                   "and kind.", ["db_id", "kind"], registry=target)  # fmt: skip
+        self.errors = Counter("agentos_sessions_errors", "Error responses, by the error_code their body carries.",
+                              ["error_code"], registry=target)  # fmt: skip
 
     def exposition(self) -> tuple[bytes, str]:
-        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
+        from prometheus_client import (
+            CONTENT_TYPE_LATEST,
+            CollectorRegistry,
+            generate_latest,
+            multiprocess,
+        )
 
         if multiprocess_metrics():
             merged = CollectorRegistry()
@@ -204,11 +155,14 @@ class RoutingObserver:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        record = _current_record.get()
+        record = current_record.get()
         if record is not None and scope["type"] == "http":
-            # Taken before going on: security may refuse the request right below.
+            # Taken before going on: security may refuse the request right below. The
+            # path is routed as sent; the handler decodes the id strictly, this only
+            # names it in the audit line.
             record.operation = operation_of(scope) or record.operation
-            record.session_id = scope.get("path_params", {}).get("session_id")
+            session_id = scope.get("path_params", {}).get("session_id")
+            record.session_id = unquote(session_id) if session_id is not None else None
         try:
             await self.app(scope, receive, send)
         finally:
@@ -276,11 +230,11 @@ class OperatorMiddleware:
             await send(message)
 
         started = time.perf_counter()
-        token = _current_record.set(record)
+        token = current_record.set(record)
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            _current_record.reset(token)
+            current_record.reset(token)
             seconds = time.perf_counter() - started
             self.metrics.observe(record, status, seconds)
             if record.operation == DELETE_OPERATION:

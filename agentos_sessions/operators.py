@@ -8,11 +8,11 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from agentos_sessions import docs_ui
-from agentos_sessions.errors import ApiError, error_body
 from agentos_sessions.health import HealthCheck, unhealthy_detail
 from agentos_sessions.observability import Metrics, OperatorMiddleware, RoutingObserver
 from agentos_sessions.security import bearer_token, token_matches
 from agentos_sessions.settings import Settings
+from handlers.errors import ApiError
 from storage import Storage
 
 
@@ -26,12 +26,12 @@ def install(app, settings: Settings, storage: Storage) -> Metrics:
         if detail is not None:
             # The renderer's body, without its error log: an unavailable database is
             # reported by the probe that found it, not once more per poll.
-            return Response(error_body(ApiError(503, detail)), status_code=503, media_type="application/json")
+            return Response(ApiError(503, detail).body(), status_code=503, media_type="application/json")
         return JSONResponse({"status": "ok", "databases": results})
 
     def metrics_endpoint(request: Request) -> Response:
         if not settings.metrics_public:
-            scheme, token = bearer_token(request)
+            scheme, token = bearer_token(request.headers)
             if scheme != "bearer" or not token_matches(token, settings.security_key):
                 raise ApiError(401, "A valid bearer token is required for /metrics")
         body, content_type = metrics.exposition()

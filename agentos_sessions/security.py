@@ -1,8 +1,9 @@
 """HTTPBearer, as the contract declares it, checked against one key in constant time.
 
-The spec's ``HTTPBearer`` scheme carries no ``x-bearerInfoFunc``, so Connexion would
-drop it and refuse every call. Instead of editing the contract, each app gets a
-bearer handler bound to its own key through Connexion's ``security_map``.
+The spec's ``HTTPBearer`` scheme names no ``x-bearerInfoFunc``, so Connexion would drop
+it and refuse every call. The app adds one to the 3.0 view it hands Connexion (never to
+the published contract): ``verify_bearer``, which reads the app's key from the request's
+lifespan state.
 """
 
 from __future__ import annotations
@@ -12,7 +13,10 @@ import hmac
 import secrets
 
 from connexion.exceptions import OAuthProblem
-from connexion.security import BearerSecurityHandler
+
+BEARER_INFO_FUNC = f"{__name__}.verify_bearer"
+# Where the lifespan state keeps the key the app was built with.
+STATE_KEY = "security_key"
 
 
 def generate_key() -> str:
@@ -28,35 +32,28 @@ def token_matches(token: str, key: str) -> bool:
     return hmac.compare_digest(token.encode(), key.encode())
 
 
-def bearer_token(request) -> tuple[str | None, str | None]:
+def bearer_token(headers) -> tuple[str | None, str | None]:
     """(scheme, token) from the one Authorization header, or (None, None) without one.
 
-    Stricter than Connexion's default: one header, exactly "Bearer <token>" (scheme
-    case-insensitive, per RFC 7235), no spaces inside the token.
+    Stricter than Connexion's own reading: one header, exactly "<scheme> <token>"
+    (scheme case-insensitive, per RFC 7235, and one space).
     """
-    values = request.headers.getlist("Authorization")
+    values = headers.getlist("Authorization")
     if not values:
         return None, None
     if len(values) > 1:
         raise OAuthProblem(detail="Only one Authorization header is allowed")
-    # Whitespace around a field value is not part of it (RFC 9112, section 5); uvicorn's
-    # httptools parser keeps trailing whitespace, so it is dropped here.
+    # Whitespace around a field value is not part of it (RFC 9112, section 5).
     parts = values[0].strip(" \t").split(" ")
     if len(parts) != 2 or not parts[1]:
         raise OAuthProblem(detail="Invalid authorization header")
     return parts[0].lower(), parts[1]
 
 
-def bearer_handler_for(key: str) -> type[BearerSecurityHandler]:
-    def verify_bearer(token: str) -> dict | None:
-        if token_matches(token, key):
-            return {"sub": key_fingerprint(key)}
-        return None
-
-    class KeyBearerHandler(BearerSecurityHandler):
-        def _resolve_func(self, security_scheme):
-            return verify_bearer
-
-        get_auth_header_value = staticmethod(bearer_token)
-
-    return KeyBearerHandler
+def verify_bearer(token: str, request) -> dict | None:
+    """Connexion's bearer check: the token of the one well-formed header, or 401."""
+    key = getattr(request.state, STATE_KEY)
+    scheme, token = bearer_token(request.headers)
+    if scheme == "bearer" and token_matches(token, key):
+        return {"sub": key_fingerprint(key)}
+    return None

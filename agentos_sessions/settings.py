@@ -1,47 +1,37 @@
 """Typed settings, read once from environment variables and an optional TOML file.
 
 Precedence: explicit environment variables override the file, the file overrides
-defaults. Every setting is documented in README.md (tests/test_docs.py keeps it so).
+defaults. Each scalar setting ``name`` is the TOML key ``name`` and the variable
+``AGENTOS_SESSIONS_<NAME>``. Every setting is documented in README.md
+(tests/test_docs.py keeps it so).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Mapping
 
+from storage import DatabaseSettings, SessionTable, Storage
+from storage.config import DEFAULT_SESSION_TABLE
+
 DEFAULT_DB_ID = "default"
 DEFAULT_DB_URL = "sqlite:///agno.db"
-DEFAULT_SESSION_TABLE = "agno_sessions"
 DEFAULT_CONFIG_FILE = "agentos-sessions.toml"
 
-# Environment variables, one place, so the README check and the parser agree.
-ENV_CONFIG = "AGENTOS_SESSIONS_CONFIG"
-ENV_DB_URL = "AGENTOS_SESSIONS_DB_URL"
-ENV_DB_ID = "AGENTOS_SESSIONS_DB_ID"
-ENV_SESSION_TABLES = "AGENTOS_SESSIONS_SESSION_TABLES"
-ENV_DB_SCHEMA = "AGENTOS_SESSIONS_DB_SCHEMA"
-ENV_ERASE_TRACES = "AGENTOS_SESSIONS_ERASE_TRACES"
-ENV_BUSY_TIMEOUT = "AGENTOS_SESSIONS_BUSY_TIMEOUT_MS"
-ENV_VALIDATE_RESPONSES = "AGENTOS_SESSIONS_VALIDATE_RESPONSES"
-ENV_SECURITY_KEY = "OS_SECURITY_KEY"
-ENV_HOST = "AGENTOS_SESSIONS_HOST"
-ENV_PORT = "AGENTOS_SESSIONS_PORT"
-ENV_WORKERS = "AGENTOS_SESSIONS_WORKERS"
-ENV_METRICS_PUBLIC = "AGENTOS_SESSIONS_METRICS_PUBLIC"
-ENV_AUDIT_TABLE = "AGENTOS_SESSIONS_AUDIT_TABLE"
-ENV_HEALTH_TIMEOUT = "AGENTOS_SESSIONS_HEALTH_TIMEOUT_MS"
-ENV_GROUP_COMMIT = "AGENTOS_SESSIONS_GROUP_COMMIT"
-ENV_FAST_LANE = "AGENTOS_SESSIONS_FAST_LANE"
-ENV_WRITER_PROCESS = "AGENTOS_SESSIONS_WRITER_PROCESS"
-ENVIRONMENT_VARIABLES = (
-    ENV_CONFIG, ENV_DB_URL, ENV_DB_ID, ENV_SESSION_TABLES, ENV_DB_SCHEMA, ENV_ERASE_TRACES,
-    ENV_BUSY_TIMEOUT, ENV_VALIDATE_RESPONSES, ENV_SECURITY_KEY, ENV_HOST, ENV_PORT, ENV_WORKERS,
-    ENV_METRICS_PUBLIC, ENV_AUDIT_TABLE, ENV_HEALTH_TIMEOUT, ENV_GROUP_COMMIT, ENV_FAST_LANE,
-    ENV_WRITER_PROCESS,
-)
+PREFIX = "AGENTOS_SESSIONS_"
+ENV_CONFIG = PREFIX + "CONFIG"
+ENV_SECURITY_KEY = "OS_SECURITY_KEY"  # AgentOS's own variable
+# They describe (or override) the first database: (variable, its key there).
+DATABASE_VARIABLES = {PREFIX + "DB_URL": "url", PREFIX + "DB_ID": "id", PREFIX + "SESSION_TABLES": "session_tables",
+                      PREFIX + "DB_SCHEMA": "schema"}  # fmt: skip
+_DATABASE_KEYS = {f.name for f in fields(DatabaseSettings)}
+
+
+def _minimum(value: int) -> dict:
+    return {"minimum": value}
 
 
 class SettingsError(ValueError):
@@ -49,68 +39,36 @@ class SettingsError(ValueError):
 
 
 @dataclass(frozen=True)
-class SessionTable:
-    """A sessions table and the runs table Agno pairs with it."""
-
-    name: str
-    runs_table: str
-
-    @classmethod
-    def named(cls, name: str, runs_table: str | None = None) -> "SessionTable":
-        # Agno's rule: an explicit runs table wins; a renamed sessions table gets
-        # "<name>_runs"; the default sessions table uses "agno_runs".
-        if not runs_table:
-            runs_table = "agno_runs" if name == DEFAULT_SESSION_TABLE else f"{name}_runs"
-        return cls(name=name, runs_table=runs_table)
-
-
-@dataclass(frozen=True)
-class DatabaseSettings:
-    id: str
-    url: str = field(repr=False)  # may carry a password
-    session_tables: tuple[SessionTable, ...] = (SessionTable.named(DEFAULT_SESSION_TABLE),)
-    # PostgreSQL schema holding Agno's tables; Agno's PostgresDb defaults to "ai".
-    schema: str | None = None
-    traces_table: str = "agno_traces"
-    spans_table: str = "agno_spans"
-    create_tables: bool = True
-
-    @property
-    def default_session_table(self) -> SessionTable:
-        return self.session_tables[0]
-
-    def session_table(self, name: str) -> SessionTable | None:
-        return next((t for t in self.session_tables if t.name == name), None)
-
-
-@dataclass(frozen=True)
 class Settings:
     databases: tuple[DatabaseSettings, ...]
     security_key: str | None = field(default=None, repr=False)
     erase_traces: bool = False
-    busy_timeout_ms: int = 5000
+    busy_timeout_ms: int = field(default=5000, metadata=_minimum(0))
     validate_responses: bool = True
     host: str = "127.0.0.1"
-    port: int = 7777
-    workers: int = 1
-    # Operators: /metrics needs the bearer key unless this is set; an audit table, when
-    # named, receives one row per erase in the erase's own transaction; /health gives up
-    # on a database after this long.
+    port: int = field(default=7777, metadata=_minimum(0))
+    workers: int = field(default=1, metadata=_minimum(1))
     metrics_public: bool = False
     audit_table: str | None = None
-    health_timeout_ms: int = 2000
-    # Concurrent erases in one worker share one durable commit, each in its own
-    # savepoint, every answer given only after that commit (storage/group_commit.py).
+    health_timeout_ms: int = field(default=2000, metadata=_minimum(1))
     group_commit: bool = True
-    # The delete operation's plain requests skip Connexion's generic per-request work
-    # and are answered by the same handler code (agentos_sessions/fast_lane.py).
     fast_lane: bool = True
-    # With group commit, each worker's batches are committed by a process of its own,
-    # where no event loop competes for the GIL (storage/writer_process.py).
-    writer_process: bool = True
+    request_timeout_ms: int = field(default=10000, metadata=_minimum(1))
 
     def database(self, db_id: str) -> DatabaseSettings | None:
         return next((d for d in self.databases if d.id == db_id), None)
+
+
+SCALAR_SETTINGS = [f for f in fields(Settings) if f.name not in ("databases", "security_key")]
+
+
+def env_name(setting: str) -> str:
+    return PREFIX + setting.upper()
+
+
+ENVIRONMENT_VARIABLES = (
+    ENV_CONFIG, ENV_SECURITY_KEY, *DATABASE_VARIABLES, *(env_name(f.name) for f in SCALAR_SETTINGS)
+)
 
 
 def _as_bool(name: str, value: Any) -> bool:
@@ -134,6 +92,16 @@ def _as_int(name: str, value: Any, minimum: int) -> int:
     return number
 
 
+def _scalar(setting, value: Any) -> Any:
+    if setting.type == "bool":
+        return _as_bool(setting.name, value)
+    if setting.type == "int":
+        return _as_int(setting.name, value, setting.metadata["minimum"])
+    if setting.default is None:  # an optional name: empty means unset
+        return None if value is None else str(value).strip() or None
+    return str(value)
+
+
 def _session_tables(name: str, entries: Any) -> tuple[SessionTable, ...]:
     if isinstance(entries, str):
         entries = [e.strip() for e in entries.split(",") if e.strip()]
@@ -154,18 +122,17 @@ def _session_tables(name: str, entries: Any) -> tuple[SessionTable, ...]:
 
 def _database(entry: Mapping[str, Any], position: int) -> DatabaseSettings:
     where = f"databases[{position}]"
-    unknown = set(entry) - {"id", "url", "session_tables", "schema", "traces_table", "spans_table", "create_tables"}
+    unknown = set(entry) - _DATABASE_KEYS
     if unknown:
         raise SettingsError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
-    db_id = entry.get("id")
+    db_id, url = entry.get("id"), entry.get("url")
     if not isinstance(db_id, str) or not db_id:
         raise SettingsError(f"{where}.id must be a non-empty string")
-    url = entry.get("url")
     if not isinstance(url, str) or not url:
         raise SettingsError(f"{where}.url must be a database URL")
     schema = entry.get("schema")
     if schema is None and url.startswith("postgresql"):
-        schema = "ai"
+        schema = "ai"  # Agno's PostgresDb keeps its tables there by default
     return DatabaseSettings(
         id=db_id,
         url=url,
@@ -177,57 +144,42 @@ def _database(entry: Mapping[str, Any], position: int) -> DatabaseSettings:
     )
 
 
-def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
-    """Build settings from a TOML file (if any) and the environment."""
-    env = os.environ if environ is None else environ
+def _read_file(env: Mapping[str, str], config_file: str | Path | None) -> dict[str, Any]:
     path = config_file or env.get(ENV_CONFIG)
     if path is None and Path(DEFAULT_CONFIG_FILE).is_file():
         path = DEFAULT_CONFIG_FILE
-    file_values: dict[str, Any] = {}
-    if path is not None:
-        try:
-            file_values = tomllib.loads(Path(path).read_text())
-        except FileNotFoundError:
-            raise SettingsError(f"config file {path} does not exist") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    if path is None:
+        return {}
+    try:
+        return tomllib.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
 
-    databases = [dict(d) for d in file_values.get("databases", [])]
-    if not databases:
-        databases = [{"id": DEFAULT_DB_ID, "url": DEFAULT_DB_URL}]
-    # Environment variables describe (or override) the first database.
-    first = databases[0]
-    if ENV_DB_URL in env:
-        first["url"] = env[ENV_DB_URL]
-    if ENV_DB_ID in env:
-        first["id"] = env[ENV_DB_ID]
-    if ENV_SESSION_TABLES in env:
-        first["session_tables"] = env[ENV_SESSION_TABLES]
-    if ENV_DB_SCHEMA in env:
-        first["schema"] = env[ENV_DB_SCHEMA]
+
+def load_settings(environ: Mapping[str, str] | None = None, config_file: str | Path | None = None) -> Settings:
+    """Build settings from a TOML file (if any) and the environment."""
+    env = os.environ if environ is None else environ
+    file_values = _read_file(env, config_file)
+    databases = [dict(d) for d in file_values.get("databases", [])] or [{"id": DEFAULT_DB_ID, "url": DEFAULT_DB_URL}]
+    databases[0].update({key: env[variable] for variable, key in DATABASE_VARIABLES.items() if variable in env})
     parsed = tuple(_database(d, i) for i, d in enumerate(databases))
     if len({d.id for d in parsed}) != len(parsed):
         raise SettingsError("database ids must be unique")
-
-    def pick(env_name: str, file_key: str, default: Any) -> Any:
-        return env.get(env_name, file_values.get(file_key, default))
-
+    scalars = {
+        s.name: _scalar(s, env.get(env_name(s.name), file_values.get(s.name, s.default))) for s in SCALAR_SETTINGS
+    }
     key = env.get(ENV_SECURITY_KEY) or file_values.get("security_key") or None
-    return Settings(
-        databases=parsed,
-        security_key=key,
-        erase_traces=_as_bool("erase_traces", pick(ENV_ERASE_TRACES, "erase_traces", False)),
-        busy_timeout_ms=_as_int("busy_timeout_ms", pick(ENV_BUSY_TIMEOUT, "busy_timeout_ms", 5000), 0),
-        validate_responses=_as_bool(
-            "validate_responses", pick(ENV_VALIDATE_RESPONSES, "validate_responses", True)
-        ),
-        host=str(pick(ENV_HOST, "host", "127.0.0.1")),
-        port=_as_int("port", pick(ENV_PORT, "port", 7777), 0),
-        workers=_as_int("workers", pick(ENV_WORKERS, "workers", 1), 1),
-        metrics_public=_as_bool("metrics_public", pick(ENV_METRICS_PUBLIC, "metrics_public", False)),
-        audit_table=str(pick(ENV_AUDIT_TABLE, "audit_table", "")).strip() or None,
-        health_timeout_ms=_as_int("health_timeout_ms", pick(ENV_HEALTH_TIMEOUT, "health_timeout_ms", 2000), 1),
-        group_commit=_as_bool("group_commit", pick(ENV_GROUP_COMMIT, "group_commit", True)),
-        fast_lane=_as_bool("fast_lane", pick(ENV_FAST_LANE, "fast_lane", True)),
-        writer_process=_as_bool("writer_process", pick(ENV_WRITER_PROCESS, "writer_process", True)),
+    return Settings(databases=parsed, security_key=key, **scalars)
+
+
+def open_storage(settings: Settings) -> Storage:
+    """The storage these settings describe, not yet started."""
+    return Storage(
+        settings.databases,
+        busy_timeout_ms=settings.busy_timeout_ms,
+        erase_traces=settings.erase_traces,
+        audit_table=settings.audit_table,
+        group_commit=settings.group_commit,
     )

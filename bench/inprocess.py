@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-
 STATE: dict = {}
 
 
@@ -80,7 +79,7 @@ async def main(count: int, profile: bool, stub: bool = False) -> None:
         async def instant(target, session_id, **_kw):
             return ErasedRows({"runs": 3, "sessions": 1})
 
-        app.storage.erase_async = instant
+        app.storage.erase = instant
     for sid in ids[:200]:  # warm caches (compiled SQL, validators)
         assert await _delete(app, sid, b"inprocess-key") == 204
     profiler = cProfile.Profile() if profile else None

@@ -37,7 +37,6 @@ ROOT = HERE.parent
 LUA = HERE / "delete.lua"
 CONNECTIONS = 32
 DEFAULT_PG_URL = "postgresql+psycopg://app:app@127.0.0.1:5432/bench"
-WRITER_MODULE = "storage.writer_process"
 
 
 @dataclass
@@ -182,16 +181,7 @@ class Server:
     def worker_processes(self) -> list[psutil.Process]:
         if self.workers == 1:
             return [self.root]
-        return [
-            child
-            for child, command in _with_commands(self.root.children(recursive=True))
-            if "resource_tracker" not in command and WRITER_MODULE not in command
-        ]
-
-    @staticmethod
-    def writer_processes(worker: psutil.Process) -> list[psutil.Process]:
-        """A worker's writer processes (storage/writer_process.py): its memory and CPU."""
-        return [child for child, command in _with_commands(worker.children()) if WRITER_MODULE in command]
+        return [child for child, command in _with_commands(self.root.children()) if "resource_tracker" not in command]
 
     def cpu_seconds(self) -> float:
         total = 0.0
@@ -217,11 +207,11 @@ class Server:
         return total
 
     def peak_rss_mb(self) -> float:
-        """The largest worker's peak, its writer processes' peaks added: a worker is
-        charged for every process it runs (an upper bound, as peaks may not coincide)."""
+        """The largest worker's peak, with the peaks of any processes it started added:
+        a worker is charged for all of them (an upper bound, as peaks may not coincide)."""
         peaks = []
         for worker in self.worker_processes():
-            peaks.append(sum(_peak_rss_mb(process.pid) for process in [worker, *self.writer_processes(worker)]))
+            peaks.append(sum(_peak_rss_mb(process.pid) for process in [worker, *worker.children(recursive=True)]))
         return max(peaks) if peaks else 0.0
 
     def stop(self) -> None:

@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Iterable, Iterator
 
-from agentos_sessions.settings import DatabaseSettings, SessionTable
+from storage import DatabaseSettings, SessionTable
 from storage.database import Database
 
 SESSION_TABLE = SessionTable.named("agno_sessions")

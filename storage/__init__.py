@@ -1,13 +1,29 @@
-"""Storage: configured databases, table discovery and the erase transaction."""
+"""Storage: configured databases, table discovery and the erase transaction.
 
+It knows nothing of HTTP or of the app: the app builds its configuration types
+(``DatabaseSettings``, ``SessionTable``) and calls ``Storage``.
+"""
+
+from storage.audit import AuditEntry
+from storage.config import DatabaseSettings, SessionTable
 from storage.database import Database
 from storage.erase import ErasedRows, erase_session
-from storage.registry import DatabaseRequired, Storage, Target, TargetError, UnknownDatabase, UnknownTable
+from storage.registry import (
+    DatabaseRequired,
+    Storage,
+    Target,
+    TargetError,
+    UnknownDatabase,
+    UnknownTable,
+)
 
 __all__ = [
+    "AuditEntry",
     "Database",
     "DatabaseRequired",
+    "DatabaseSettings",
     "ErasedRows",
+    "SessionTable",
     "Storage",
     "Target",
     "TargetError",

@@ -2,21 +2,28 @@
 
 Because the row is inserted by the same transaction that deletes the session, an erase
 can never commit without its record, and a failed insert undoes the erase. A not-found
-attempt is rolled back like everything else in its transaction, so the table holds
-erasures only; every attempt, found or not, is in the audit log line.
+attempt changes nothing and gets no row; every attempt, found or not, is in the audit
+log line.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import Callable
+from functools import lru_cache
 
-from sqlalchemy import BigInteger, Column, Connection, Integer, MetaData, String, Table, insert
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Connection,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    insert,
+)
 
-from storage.database import Database
-from storage.erase import ErasedRows
-from storage.schema import JsonDocument
+from storage.schema import JsonDocument, TableRef
 
 
 @dataclass(frozen=True)
@@ -27,8 +34,8 @@ class AuditEntry:
     caller: str | None
 
 
-def audit_table(database: Database, name: str) -> Table:
-    ref = database.ref(name)
+@lru_cache(maxsize=None)
+def audit_table(ref: TableRef) -> Table:
     return Table(
         ref.name,
         MetaData(schema=ref.schema),
@@ -44,29 +51,13 @@ def audit_table(database: Database, name: str) -> Table:
     )
 
 
-def create_audit_table(database: Database, name: str) -> None:
-    table = audit_table(database, name)
-    # A write transaction, so workers starting together cannot both decide to create it.
-    database.write(lambda conn: table.metadata.create_all(conn, checkfirst=True))
+def create_audit_table(conn: Connection, ref: TableRef) -> None:
+    table = audit_table(ref)
+    table.metadata.create_all(conn, tables=[table], checkfirst=True)
 
 
-def audit_writer(
-    database: Database, name: str, session_table: str, session_id: str, entry: AuditEntry
-) -> Callable[[Connection, ErasedRows], None]:
-    """The in-transaction hook ``erase_session`` calls once the session row is gone."""
-    table = audit_table(database, name)
-
-    def write(conn: Connection, erased: ErasedRows) -> None:
-        conn.execute(
-            insert(table).values(
-                erased_at_ms=int(time.time() * 1000),
-                request_id=entry.request_id,
-                caller=entry.caller,
-                db_id=database.id,
-                session_table=session_table,
-                session_id=session_id,
-                rows_erased=dict(erased.counts),
-            )
-        )
-
-    return write
+def record_erasures(conn: Connection, ref: TableRef, rows: list[dict]) -> None:
+    """One audit row per erased session; ``rows`` carry every column but the time."""
+    if rows:
+        now_ms = int(time.time() * 1000)
+        conn.execute(insert(audit_table(ref)), [dict(row, erased_at_ms=now_ms) for row in rows])

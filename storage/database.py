@@ -1,19 +1,31 @@
-"""One configured database: its engine, its connection settings and its write transactions."""
+"""One configured database: its engine, the tables it has, and its write transactions."""
 
 from __future__ import annotations
 
+import fcntl
 import logging
+import os
+import stat
+import threading
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import Connection, column, create_engine, event, select, table, text, tuple_
+from sqlalchemy import (
+    Connection,
+    column,
+    create_engine,
+    event,
+    select,
+    table,
+    text,
+    tuple_,
+)
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.schema import CreateSchema
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
+from sqlalchemy.schema import CreateSchema
 
-from agentos_sessions.settings import DatabaseSettings
-from storage.group_commit import GroupCommit
+from storage.config import DatabaseSettings
 from storage.schema import POSTGRES_PAYLOAD_SCHEMA, TableRef, layout
 
 logger = logging.getLogger("storage")
@@ -29,8 +41,8 @@ _sqlite_master = table("sqlite_master", column("type"), column("name"))
 _pg_tables = table("pg_tables", column("schemaname"), column("tablename"), schema="pg_catalog")
 
 
-class StaleTableCache(Exception):
-    """A table this process had seen is gone; the transaction is retried after a re-check."""
+class WritersTurnTimeout(Exception):
+    """The writers' lock file stayed held past the busy timeout; nothing was written."""
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:
@@ -38,30 +50,118 @@ def _sqlstate(exc: DBAPIError) -> str | None:
 
 
 def _is_missing_table(exc: DBAPIError) -> bool:
-    message = str(exc.orig).lower()
-    return _sqlstate(exc) == "42P01" or "no such table" in message
+    return _sqlstate(exc) == "42P01" or "no such table" in str(exc.orig).lower()
+
+
+def cannot_write(exc: BaseException) -> bool:
+    """The database refuses every write now (locked past the busy timeout, full,
+    read-only, unreachable), whatever the write; not a conflict worth retrying."""
+    if isinstance(exc, WritersTurnTimeout):
+        return True
+    return (
+        isinstance(exc, OperationalError)
+        and _sqlstate(exc) not in _RETRYABLE_SQLSTATES
+        and not _is_missing_table(exc)
+    )
+
+
+class WritersTurn:
+    """On a SQLite file, this service's writers take turns on a lock file beside it.
+
+    Why: SQLite's busy handler polls with growing sleeps (1, 2, 5, 10 ... ms), so two
+    workers' writers fighting for the write lock mostly sleep; here a waiting writer
+    polls the lock file every few hundred microseconds instead. It only orders our own
+    writers: anyone else still meets SQLite's lock and busy timeout.
+
+    The file is opened without following a symlink and created 0600. One that is not a
+    regular file owned by us (another local user could pre-create and hold it) is not
+    used, with one warning; and a turn is never waited for longer than the busy timeout.
+    """
+
+    def __init__(self, path: str, timeout_s: float):
+        self.path = path
+        self.timeout_s = timeout_s
+        self._in_process = threading.Lock()  # flock does not order threads sharing one fd
+        self._fd: int | None = None
+        self._unusable = False
+
+    def _descriptor(self) -> int | None:
+        if self._fd is None and not self._unusable:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                self._give_up(f"cannot open it ({exc.strerror})")
+                return None
+            info = os.fstat(fd)
+            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
+                os.close(fd)
+                self._give_up("it is not a regular file owned by this user")
+                return None
+            self._fd = fd
+        return self._fd
+
+    def _give_up(self, why: str) -> None:
+        self._unusable = True
+        logger.warning("not using the writers' lock file %s: %s; SQLite's busy timeout orders writers", self.path, why)
+
+    def acquire(self, timeout_s: float) -> bool:
+        """Take the turn, waiting at most ``timeout_s``; False if it stayed taken."""
+        deadline = time.monotonic() + timeout_s
+        if not self._in_process.acquire(timeout=timeout_s):
+            return False
+        fd = self._descriptor()
+        delay = 0.0001
+        while fd is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    self._in_process.release()
+                    return False
+                time.sleep(delay)
+                delay = min(delay * 2, 0.001)
+        return True
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+        self._in_process.release()
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        if not self.acquire(self.timeout_s):
+            raise WritersTurnTimeout(f"the writers' lock {self.path} stayed held past the busy timeout")
+        try:
+            yield
+        finally:
+            self.release()
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class Database:
-    def __init__(
-        self,
-        settings: DatabaseSettings,
-        *,
-        busy_timeout_ms: int = 5000,
-        group_commit: bool = False,
-        writer_process: bool = False,
-    ):
+    def __init__(self, settings: DatabaseSettings, *, busy_timeout_ms: int = 5000):
         self.settings = settings
         self.id = settings.id
         self.busy_timeout_ms = busy_timeout_ms
         self.engine: Engine = _make_engine(settings.url, busy_timeout_ms)
         self.dialect = self.engine.dialect.name
-        self.group_commit = GroupCommit(self, writer_process=writer_process) if group_commit else None
+        file = self.engine.url.database
+        # Beside the database, like SQLite's own -wal and -shm files.
+        self.turn = WritersTurn(f"{file}-writer-lock", busy_timeout_ms / 1000) if self.is_sqlite_file else None
         # Tables seen to exist. Tables appear over time (Agno creates them lazily) but
         # are not expected to disappear, so only absent ones are looked up again.
         self._present: set[TableRef] = set()
         self._absent: set[TableRef] = set()
         self._schema_version: int | None = None
+
+    @property
+    def is_sqlite_file(self) -> bool:
+        return self.dialect == "sqlite" and self.engine.url.database not in (None, "", ":memory:")
 
     def ref(self, name: str) -> TableRef:
         return TableRef(self.settings.schema if self.dialect != "sqlite" else None, name)
@@ -75,12 +175,12 @@ class Database:
         return self.dialect != "postgresql"
 
     def existing(self, conn: Connection, refs: Iterable[TableRef]) -> set[TableRef]:
+        """Which of ``refs`` exist, as seen by this transaction."""
         wanted = set(refs)
         if self.dialect == "sqlite" and conn.info.get("schema_checked_in") is not conn.get_transaction():
             # SQLite bumps schema_version on every CREATE or DROP, so while it stands
             # still what was found absent is still absent: no catalogue query per erase.
-            # Once per transaction is enough: it holds the write lock, so no schema
-            # change can happen inside it.
+            # Once per transaction is enough: it holds the write lock.
             conn.info["schema_checked_in"] = conn.get_transaction()
             version = conn.exec_driver_sql("PRAGMA schema_version").scalar()
             if version != self._schema_version:
@@ -90,35 +190,30 @@ class Database:
         unknown = wanted - self._present - self._absent
         if unknown:
             found = self._look_up(conn, unknown)
-            self._present |= found
+            self.remember_present(found)
             if self.dialect == "sqlite":
                 self._absent |= unknown - found
         return wanted & self._present
 
-    def known(self, refs: Iterable[TableRef]) -> tuple[set[TableRef], tuple[TableRef, ...]]:
-        """Of ``refs``: those seen to exist, and the rest, in order, still to look up."""
-        refs = tuple(refs)
-        return {r for r in refs if r in self._present}, tuple(r for r in refs if r not in self._present)
+    def unknown(self, refs: Iterable[TableRef]) -> tuple[TableRef, ...]:
+        """Of ``refs``, in order, those not yet seen to exist (PostgreSQL looks them up
+        in every transaction: it has no schema version to say that none appeared)."""
+        return tuple(r for r in refs if r not in self._present)
 
     def remember_present(self, refs: Iterable[TableRef]) -> None:
-        """Tables a caller's own look-up found (see ``existing``)."""
         self._present.update(refs)
 
     def _look_up(self, conn: Connection, refs: set[TableRef]) -> set[TableRef]:
         if self.dialect == "sqlite":
             names = {r.name for r in refs}
-            rows = conn.execute(
-                select(_sqlite_master.c.name).where(_sqlite_master.c.type == "table", _sqlite_master.c.name.in_(names))
-            )
-            found = {row.name for row in rows}
+            query = select(_sqlite_master.c.name).where(_sqlite_master.c.type == "table", _sqlite_master.c.name.in_(names))
+            found = set(conn.execute(query).scalars())
             return {r for r in refs if r.name in found}
         pairs = [(r.schema or "public", r.name) for r in refs]
-        rows = conn.execute(
-            select(_pg_tables.c.schemaname, _pg_tables.c.tablename).where(
-                tuple_(_pg_tables.c.schemaname, _pg_tables.c.tablename).in_(pairs)
-            )
+        query = select(_pg_tables.c.schemaname, _pg_tables.c.tablename).where(
+            tuple_(_pg_tables.c.schemaname, _pg_tables.c.tablename).in_(pairs)
         )
-        found = {(row.schemaname, row.tablename) for row in rows}
+        found = {(row.schemaname, row.tablename) for row in conn.execute(query)}
         return {r for r in refs if (r.schema or "public", r.name) in found}
 
     def connect_for_writes(self) -> Connection:
@@ -127,15 +222,21 @@ class Database:
         return self.engine.connect().execution_options(sqlite_begin="IMMEDIATE")
 
     @contextmanager
-    def _transaction(self) -> Iterator[Connection]:
-        with self.connect_for_writes() as conn, conn.begin():
-            yield conn
+    def transaction(self, conn: Connection | None = None) -> Iterator[Connection]:
+        """One write transaction, in this service's writers' turn; on ``conn`` if given."""
+        with self.turn.held() if self.turn else nullcontext():
+            if conn is not None:
+                with conn.begin():
+                    yield conn
+                return
+            with self.connect_for_writes() as own, own.begin():
+                yield own
 
     def write(self, work: Callable[[Connection], T]) -> T:
         """Run ``work`` in one write transaction: all of it commits, or none of it."""
         for attempt in range(1, _WRITE_ATTEMPTS + 1):
             try:
-                with self._transaction() as conn:
+                with self.transaction() as conn:
                     return work(conn)
             except (OperationalError, ProgrammingError) as exc:
                 last = attempt == _WRITE_ATTEMPTS
@@ -148,45 +249,53 @@ class Database:
                 raise
         raise AssertionError("unreachable")
 
-    def write_shared(self, work: Callable[[Connection], T]) -> T:
-        """Like ``write``, but concurrent callers may share one commit (group commit).
-
-        Only for work that is correct inside a savepoint of a shared transaction and
-        returns or raises the same way as alone; see ``storage/group_commit.py``.
-        """
-        if self.group_commit is None:
-            return self.write(work)
-        return self.group_commit.run(work)
-
-    async def write_shared_async(self, work: Callable[[Connection], T]) -> T:
-        """``write_shared`` for the event loop: with group commit no thread waits at all."""
-        if self.group_commit is None:
-            from starlette.concurrency import run_in_threadpool
-
-            return await run_in_threadpool(self.write, work)
-        return await self.group_commit.run_async(work)
-
     def ping(self) -> None:
         """Succeeds only if an erase could start now: on SQLite that means getting the
-        write lock, so a lock held past the busy timeout shows as unhealthy."""
-        with self._transaction() as conn:
+        writers' turn and the write lock, so a lock held past the busy timeout shows."""
+        with self.transaction() as conn:
             conn.execute(text("SELECT 1"))
+
+    def truncate_wal(self) -> bool:
+        """Copy the whole SQLite WAL into the database and cut it to nothing; False if a
+        reader or another writer kept it from completing.
+
+        Why: an erase overwrites the conversation in the database file (``secure_delete``),
+        but the WAL still holds the pages Agno wrote it into, and frames past the point
+        where the WAL is reused stay in the file for as long as the database is open. It
+        never waits: the next try comes later.
+        """
+        if self.turn is not None and not self.turn.acquire(0):
+            return False
+        raw = self.engine.raw_connection()
+        try:
+            cursor = raw.cursor()
+            cursor.execute("PRAGMA busy_timeout=0")
+            try:
+                busy, _frames, _copied = cursor.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            finally:
+                cursor.execute(f"PRAGMA busy_timeout={int(self.busy_timeout_ms)}")
+                cursor.close()
+        finally:
+            raw.close()
+            if self.turn is not None:
+                self.turn.release()
+        return busy == 0
 
     def create_missing_tables(self) -> None:
         """Create each configured sessions table and its runs table if absent."""
         # Serialised like any write, so workers starting together cannot race to create.
-        with self._transaction() as conn:
+        with self.transaction() as conn:
             if self.settings.schema and self.dialect == "postgresql":
                 conn.execute(CreateSchema(self.settings.schema, if_not_exists=True))
             for session_table in self.settings.session_tables:
-                sessions, runs = layout(self.settings, session_table)
+                sessions, _runs = layout(self.settings, session_table)
                 sessions.metadata.create_all(conn, checkfirst=True)
         self._present.clear()
 
     def dispose(self) -> None:
-        if self.group_commit is not None:
-            self.group_commit.close()
         self.engine.dispose()
+        if self.turn is not None:
+            self.turn.close()
 
 
 def sqlite_pragmas(busy_timeout_ms: int) -> tuple[str, ...]:
@@ -206,11 +315,16 @@ def sqlite_pragmas(busy_timeout_ms: int) -> tuple[str, ...]:
 def _make_engine(url: str, busy_timeout_ms: int) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        # pool_pre_ping lets a server that was restarted be used again without a restart here.
+        # pool_pre_ping lets a server that was restarted be used again without a restart
+        # here; lock_timeout bounds a wait for rows another transaction holds, as SQLite's
+        # busy timeout does.
         return create_engine(
             parsed,
             pool_pre_ping=True,
-            connect_args={"connect_timeout": max(1, busy_timeout_ms // 1000)},
+            connect_args={
+                "connect_timeout": max(1, busy_timeout_ms // 1000),
+                "options": f"-c lock_timeout={int(busy_timeout_ms)}",
+            },
         )
 
     engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000})

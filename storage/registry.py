@@ -1,13 +1,15 @@
-"""The configured databases, addressed by id, and AgentOS's rules for choosing one."""
+"""The configured databases, addressed by id, AgentOS's rules for choosing one, and the erase."""
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass
 
-from agentos_sessions.settings import SessionTable, Settings
-from storage.audit import AuditEntry, audit_writer, create_audit_table
+from storage.audit import AuditEntry, create_audit_table
+from storage.config import DatabaseSettings, SessionTable
 from storage.database import Database
-from storage.erase import ErasedRows, SessionTableMissing, erase_session_async
+from storage.erase import ErasedRows, EraseRequest, erase_batch
+from storage.writer import MAX_BATCH, Writer
 
 
 class TargetError(Exception):
@@ -36,26 +38,38 @@ class Target:
 
 
 class Storage:
-    def __init__(self, settings: Settings):
-        self.settings = settings
-        self.databases = {
-            db.id: Database(
-                db,
-                busy_timeout_ms=settings.busy_timeout_ms,
-                group_commit=settings.group_commit,
-                writer_process=settings.writer_process,
-            )
-            for db in settings.databases
+    def __init__(
+        self,
+        databases: tuple[DatabaseSettings, ...],
+        *,
+        busy_timeout_ms: int = 5000,
+        erase_traces: bool = False,
+        audit_table: str | None = None,
+        group_commit: bool = True,
+    ):
+        self.audit_table = audit_table
+        self.databases = {db.id: Database(db, busy_timeout_ms=busy_timeout_ms) for db in databases}
+
+        def eraser(database: Database):
+            return lambda conn, requests: erase_batch(conn, database, requests, erase_traces, audit_table)
+
+        # Without group commit every erase is a batch of one: its own transaction.
+        self.writers = {
+            db_id: Writer(database, eraser(database), max_batch=MAX_BATCH if group_commit else 1)
+            for db_id, database in self.databases.items()
         }
 
     def start(self) -> None:
         for database in self.databases.values():
             if database.settings.create_tables:
                 database.create_missing_tables()
-                if self.settings.audit_table:
-                    create_audit_table(database, self.settings.audit_table)
+                if self.audit_table:
+                    with database.transaction() as conn:
+                        create_audit_table(conn, database.ref(self.audit_table))
 
     def close(self) -> None:
+        for writer in self.writers.values():
+            writer.close()
         for database in self.databases.values():
             database.dispose()
 
@@ -63,7 +77,7 @@ class Storage:
         """Pick the database and sessions table as AgentOS's ``get_db`` does.
 
         Empty values count as absent. ``table`` is only ever compared with configured
-        names; whether that table exists is checked inside the erase transaction.
+        names; whether that table exists is up to the erase.
         """
         db_id = db_id or None
         table = table or None
@@ -84,32 +98,18 @@ class Storage:
             raise UnknownTable(f"No database with id '{database.id}' has table '{table}'")
         return Target(database, session_table, table_named_by_caller=True)
 
-    async def erase_async(
-        self, target: Target, session_id: str, *, audit: AuditEntry | None = None
-    ) -> ErasedRows | None:
+    async def erase(self, target: Target, session_id: str, *, audit: AuditEntry | None = None) -> ErasedRows | None:
         """Erase a session where ``locate`` found it, with its audit row if configured;
-        awaited on the event loop (see ``Database.write_shared_async``)."""
-        try:
-            return await erase_session_async(
-                target.database,
-                target.session_table,
-                session_id,
-                erase_traces=self.settings.erase_traces,
-                in_transaction=self._audit_hook(target, session_id, audit),
-            )
-        except SessionTableMissing:
-            return self._table_missing(target)
+        None when there is no such session. Returns once the erase is durable."""
+        request = EraseRequest(target.session_table, session_id, audit)
+        erased = await self.writers[target.database.id].submit(request)
+        if erased is None and target.table_named_by_caller and not await asyncio.to_thread(_has_sessions_table, target):
+            raise UnknownTable(f"No database with id '{target.database.id}' has table '{target.session_table.name}'")
+        return erased
 
-    def _audit_hook(self, target: Target, session_id: str, audit: AuditEntry | None):
-        if audit is None or not self.settings.audit_table:
-            return None
-        return audit_writer(target.database, self.settings.audit_table, target.session_table.name, session_id, audit)
 
-    @staticmethod
-    def _table_missing(target: Target) -> None:
-        if target.table_named_by_caller:
-            raise UnknownTable(
-                f"No database with id '{target.database.id}' has table '{target.session_table.name}'"
-            ) from None
-        # No sessions table yet means no session with this id.
-        return None
+
+def _has_sessions_table(target: Target) -> bool:
+    ref = target.database.ref(target.session_table.name)
+    with target.database.engine.connect() as conn:
+        return ref in target.database.existing(conn, [ref])

@@ -10,10 +10,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, MetaData, String, Table
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    ForeignKey,
+    Index,
+    MetaData,
+    String,
+    Table,
+)
 from sqlalchemy.dialects.postgresql import JSONB
 
-from agentos_sessions.settings import DatabaseSettings, SessionTable
+from storage.config import DatabaseSettings, SessionTable
 
 # Agno stores JSON as JSONB on PostgreSQL and as JSON text on SQLite.
 JsonDocument = JSON().with_variant(JSONB(), "postgresql")

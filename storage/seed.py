@@ -8,7 +8,7 @@ from typing import Iterator
 
 from sqlalchemy import insert
 
-from agentos_sessions.settings import SessionTable
+from storage.config import SessionTable
 from storage.database import Database
 from storage.schema import layout
 

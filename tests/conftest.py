@@ -1,6 +1,8 @@
+"""Factory fixtures: a database of each backend, settings, a started app. No test imports
+this module; helpers live in ``tests/support.py``."""
+
 from __future__ import annotations
 
-import os
 import uuid
 from dataclasses import replace
 
@@ -9,21 +11,9 @@ from sqlalchemy import create_engine
 from sqlalchemy.schema import DropSchema
 
 from agentos_sessions.app import create_app
-from agentos_sessions.settings import DatabaseSettings, SessionTable, Settings
-from storage import Database
-from tests.support import KEY, AgnoData
-
-POSTGRES_URL_ENV = "AGENTOS_TEST_POSTGRES_URL"
-
-
-def postgres_url() -> str:
-    """The test PostgreSQL server: a skip with a reason locally, a failure in CI."""
-    url = os.environ.get(POSTGRES_URL_ENV)
-    if not url:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {POSTGRES_URL_ENV} is not set: PostgreSQL tests must run in CI")
-        pytest.skip(f"PostgreSQL not available: set {POSTGRES_URL_ENV} to run these tests")
-    return url
+from agentos_sessions.settings import Settings
+from storage import Database, DatabaseSettings, SessionTable
+from tests.support import KEY, AgnoData, postgres_url
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -61,13 +51,8 @@ def make_database_settings(backend, tmp_path):
 def make_database(make_database_settings):
     opened: list[Database] = []
 
-    def make(*args, group_commit: bool = False, writer_process: bool = False, **kwargs) -> Database:
-        database = Database(
-            make_database_settings(*args, **kwargs),
-            busy_timeout_ms=2000,
-            group_commit=group_commit,
-            writer_process=writer_process,
-        )
+    def make(*args, **kwargs) -> Database:
+        database = Database(make_database_settings(*args, **kwargs), busy_timeout_ms=2000)
         opened.append(database)
         return database
 
@@ -109,3 +94,4 @@ def data(database):
     agno = AgnoData(database, database.settings.default_session_table)
     agno.create_all()
     return agno
+

@@ -1,24 +1,64 @@
-"""Helpers shared by the tests: the error-shape assertion and Agno-shaped test data."""
+"""Helpers shared by the tests, in one module: the error-shape assertion, Agno-shaped test
+data, a live server, load drivers and fault injection for the proof-under-fire suites."""
 
 from __future__ import annotations
 
+import asyncio
 import fcntl
+import itertools
 import os
+import resource
+import signal
+import socket
+import subprocess
+import sys
+import threading
 import time
 import uuid
-from collections import Counter
+from collections import Counter, defaultdict
 from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
 
+import httpx
 import jsonschema
+import pytest
+import uvicorn
 from sqlalchemy import (
-    JSON, BigInteger, Column, MetaData, PrimaryKeyConstraint, String, Table, Text, cast, func, insert, inspect, or_, select,
+    JSON,
+    BigInteger,
+    Column,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    Text,
+    cast,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
     text,
+    update,
 )
 
 from agentos_sessions.contract import Contract
-from agentos_sessions.settings import SessionTable
-from storage import Database
+from storage import Database, SessionTable
 from storage.schema import layout
+
+POSTGRES_URL_ENV = "AGENTOS_TEST_POSTGRES_URL"
+
+
+def postgres_url() -> str:
+    """The test PostgreSQL server: a skip with a reason locally, a failure in CI."""
+    url = os.environ.get(POSTGRES_URL_ENV)
+    if not url:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {POSTGRES_URL_ENV} is not set: PostgreSQL tests must run in CI")
+        pytest.skip(f"PostgreSQL not available: set {POSTGRES_URL_ENV} to run these tests")
+    return url
+
 
 KEY = "test-key-4f1c2a"
 AUTH = {"Authorization": f"Bearer {KEY}"}
@@ -285,6 +325,12 @@ def data_gone(data: AgnoData, session_id: str) -> bool:
     return all(count == 0 for count in data.counts(session_id).values())
 
 
+def conversation_gone(data: AgnoData, session_id: str) -> bool:
+    """No row that holds the conversation is left (traces stay without erase_traces)."""
+    counts = data.counts(session_id)
+    return all(counts[kind] == 0 for kind in CONVERSATION_KINDS if kind in counts)
+
+
 @contextmanager
 def writers_lock_held(database: Database):
     """Hold the SQLite writers' lock as another worker's writer would, until the block
@@ -296,3 +342,355 @@ def writers_lock_held(database: Database):
     finally:
         fcntl.flock(other_worker, fcntl.LOCK_UN)
         os.close(other_worker)
+
+
+# --- a live server
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def database_toml(settings) -> str:
+    """One [[databases]] entry for a DatabaseSettings, in the config file's syntax."""
+    lines = ["[[databases]]", f'id = "{settings.id}"', f'url = "{settings.url}"']
+    names = ", ".join(f'{{ name = "{t.name}", runs_table = "{t.runs_table}" }}' for t in settings.session_tables)
+    lines.append(f"session_tables = [{names}]")
+    if settings.schema:
+        lines.append(f'schema = "{settings.schema}"')
+    return "\n".join(lines) + "\n"
+
+
+class LiveServer:
+    def __init__(
+        self, workdir: Path, config_text: str, *, workers: int = 1, extra_env: dict | None = None,
+        open_files: int | None = None,
+    ):  # fmt: skip
+        """``open_files``: the server starts with this soft limit on descriptors, as under
+        ``ulimit -n``."""
+        self.open_files = open_files
+        self.workdir = workdir
+        self.config = workdir / "agentos-sessions.toml"
+        self.config.write_text(config_text)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.workers = workers
+        self.env = {**os.environ, "OS_SECURITY_KEY": KEY, **(extra_env or {})}
+        self.log = workdir / "server.log"
+        self.process: subprocess.Popen | None = None
+
+    def _limit_open_files(self) -> None:
+        _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (self.open_files, hard))
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "agentos_sessions.cli", "--config", str(self.config), *args]
+
+    def start(self, timeout: float = 30) -> "LiveServer":
+        with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
+            self.process = subprocess.Popen(
+                self.command("serve", "--port", str(self.port), "--workers", str(self.workers), "--no-access-log"),
+                cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=None if self.open_files is None else self._limit_open_files,
+            )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"server exited with {self.process.returncode}:\n{self.log.read_text()}")
+            try:
+                if httpx.get(f"{self.url}/openapi.json", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"server did not answer within {timeout}s:\n{self.log.read_text()}")
+
+    def stop(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        os.killpg(self.process.pid, signal.SIGTERM)
+        try:
+            self.process.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL the server and its workers at once: no shutdown, no cleanup, as a crash."""
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def seed(self, count: int, runs: int = 2) -> list[str]:
+        done = subprocess.run(
+            self.command("seed", "--count", str(count), "--runs", str(runs)),
+            cwd=self.workdir, env=self.env, capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        return done.stdout.split()
+
+    def __enter__(self) -> "LiveServer":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class ThreadedServer:
+    """An ASGI app under uvicorn in this process, on a free loopback port."""
+
+    def __init__(self, app):
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self) -> str:
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if not self.thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.05)
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+# --- fault injection
+
+
+def require_root(what: str) -> None:
+    """Mounting needs root: skipped with a reason locally, a failure in CI (which runs as root)."""
+    if os.geteuid() != 0:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but not root: cannot {what}")
+        pytest.skip(f"needs root to {what}")
+
+
+class TcpProxy:
+    """Forwards 127.0.0.1:<port> to a target; ``cut()`` behaves like the database going
+    away (every connection reset, new ones refused), ``restore()`` like it coming back."""
+
+    def __init__(self, target_host: str, target_port: int):
+        self.target = (target_host, target_port)
+        self.port = free_port()
+        self._listener: socket.socket | None = None
+        self._connections: set[socket.socket] = set()
+        self._lock = threading.Lock()
+
+    def start(self) -> "TcpProxy":
+        self._listener = socket.create_server(("127.0.0.1", self.port), reuse_port=False)
+        self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        threading.Thread(target=self._accept, args=(self._listener,), daemon=True).start()
+        return self
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._connections |= {client, upstream}
+            for source, sink in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while data := source.recv(65536):
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            # shutdown first: a bare close() does not wake the thread blocked in accept(),
+            # which would keep the port accepting.
+            try:
+                self._listener.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            for sock in self._connections:
+                try:
+                    # RST, as a stopped server's kernel would answer.
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                    sock.close()
+                except OSError:
+                    pass
+            self._connections.clear()
+
+    def restore(self) -> None:
+        self.start()
+
+    def stop(self) -> None:
+        self.cut()
+
+
+@contextmanager
+def tiny_filesystem(path: Path, size: str = "4m"):
+    """A tmpfs of a few MiB mounted at ``path``, so a test can fill the disk."""
+    require_root("mount a tmpfs to fill the disk")
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write until the filesystem is full; returns the filler to delete to make room again."""
+    filler = directory / "filler"
+    with filler.open("wb") as out:
+        chunk = b"\0" * 65536
+        try:
+            while True:
+                out.write(chunk)
+                out.flush()
+        except OSError:
+            pass
+    return filler
+
+
+# Runs in a separate process: takes SQLite's write lock and keeps it until told to stop.
+_LOCK_HOLDER = """
+import sqlite3, sys
+conn = sqlite3.connect(sys.argv[1], isolation_level=None, timeout=10)
+conn.execute("BEGIN IMMEDIATE")
+print("locked", flush=True)
+sys.stdin.readline()
+conn.execute("ROLLBACK")
+"""
+
+
+@contextmanager
+def sqlite_write_lock_held(db_file: Path):
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(db_file)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        yield
+    finally:
+        holder.communicate("release\n", timeout=10)
+
+
+# --- load
+
+
+@dataclass
+class LoadResult:
+    statuses: dict[str, list] = field(default_factory=lambda: defaultdict(list))
+    requests: int = 0
+    seconds: float = 0.0
+
+    def tally(self) -> Counter:
+        return Counter(s for answers in self.statuses.values() for s in answers)
+
+
+async def _drive(
+    base_urls: list[str], session_ids: list[str], concurrency: int, timeout: float, result: LoadResult
+) -> LoadResult:
+    queue: asyncio.Queue = asyncio.Queue()
+    for session_id in session_ids:
+        queue.put_nowait(session_id)
+    # Idle connections are dropped well before uvicorn's 5 s keep-alive timeout: at the
+    # same 5 s both ends race to close, and a request sent on a connection the server is
+    # closing fails without ever reaching it (seen once in 6,000 requests).
+    # One client, and so one connection, per worker: a pool shared by 32 workers spent
+    # more CPU managing itself (several ms per request) than the server spent answering.
+    limits = httpx.Limits(max_connections=1, max_keepalive_connections=1, keepalive_expiry=2)
+    urls = itertools.cycle(base_urls)
+    clients = [httpx.AsyncClient(base_url=next(urls), headers=AUTH, timeout=timeout, limits=limits) for _ in range(concurrency)]
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            session_id = queue.get_nowait()
+            try:
+                response = await client.delete(f"/sessions/{session_id}")
+                answer = response.status_code
+            except httpx.TimeoutException:
+                answer = "timeout"
+            except httpx.HTTPError as exc:
+                answer = f"error:{type(exc).__name__}"
+            result.statuses[session_id].append(answer)
+            result.requests += 1
+
+    started = time.monotonic()
+    try:
+        await asyncio.gather(*(worker(client) for client in clients))
+    finally:
+        for client in clients:
+            await client.aclose()
+    result.seconds = time.monotonic() - started
+    return result
+
+
+def delete_concurrently(base_urls: list[str], session_ids: list[str], *, concurrency: int = 32,
+                        timeout: float = 30, result: LoadResult | None = None) -> LoadResult:  # fmt: skip
+    """Every id deleted once, ``concurrency`` at a time; ``result`` (if given) fills in
+    as answers arrive, for a caller watching the progress from another thread."""
+    return asyncio.run(_drive(base_urls, session_ids, concurrency, timeout, result or LoadResult()))
+
+
+class AgentWriter(threading.Thread):
+    """Inserts new sessions with runs and updates its own sessions, as a live agent would."""
+
+    def __init__(self, data: AgnoData, prefix: str, updatable: list[str]):
+        super().__init__(daemon=True)
+        self.data, self.prefix, self.updatable = data, prefix, updatable
+        self.stop_event = threading.Event()
+        self.inserted: list[str] = []
+        self.updates = 0
+        self.errors: list[str] = []
+
+    def run(self) -> None:
+        sessions, runs = self.data.sessions, self.data.runs
+        for n in itertools.count():
+            if self.stop_event.is_set():
+                return
+            try:
+                session_id = self.data.add_session(f"{self.prefix}-{n}", runs=2, everything=False)
+                self.inserted.append(session_id)
+                target = self.updatable[n % len(self.updatable)]
+                with self.data.database.engine.begin() as conn:
+                    conn.execute(update(sessions).where(sessions.c.session_id == target)
+                                 .values(session_data={"turn": n}, updated_at=n))  # fmt: skip
+                    conn.execute(update(runs).where(runs.c.session_id == target).values(status=f"turn-{n}"))
+                self.updates += 1
+            except Exception as exc:  # counted, and the test asserts there are none
+                self.errors.append(repr(exc))
+            time.sleep(0.002)
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self.join(timeout=30)
+
+
+def snapshot(data: AgnoData, session_ids: list[str]) -> dict:
+    """Every column of every session and run row of these sessions, for a byte-exact compare."""
+    with data.database.engine.connect() as conn:
+        sessions = conn.execute(
+            select(data.sessions).where(data.sessions.c.session_id.in_(session_ids)).order_by(data.sessions.c.session_id)
+        ).all()
+        runs = conn.execute(
+            select(data.runs).where(data.runs.c.session_id.in_(session_ids)).order_by(data.runs.c.run_id)
+        ).all()
+    return {"sessions": [tuple(r) for r in sessions], "runs": [tuple(r) for r in runs]}

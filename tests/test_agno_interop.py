@@ -4,17 +4,16 @@ back by Agno's own code: nothing of the conversation is left, everything else is
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 import uuid
 import warnings
+from dataclasses import replace
 from datetime import datetime, timezone
 
 import pytest
 from sqlalchemy import text
 
 from agentos_sessions.settings import DatabaseSettings, SessionTable
-from tests.conftest import postgres_url
-from tests.support import AUTH, rows_mentioning
+from tests.support import AUTH, postgres_url, rows_mentioning
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")

@@ -93,7 +93,7 @@ def test_long_caller_values_are_clipped_in_the_log(make_client, audit_lines):
 
 
 def audit_rows(database) -> list[dict]:
-    table = audit_table(database, AUDIT_TABLE)
+    table = audit_table(database.ref(AUDIT_TABLE))
     with database.engine.connect() as conn:
         return [dict(row._mapping) for row in conn.execute(table.select().order_by(table.c.id))]
 

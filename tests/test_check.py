@@ -21,8 +21,7 @@ from starlette.routing import Route
 
 from agentos_sessions.check import PhaseProgress, failures_from_junit, reproducible
 from agentos_sessions.check import main as check_main
-from tests.live_server import LiveServer, ThreadedServer, database_toml
-from tests.support import KEY
+from tests.support import KEY, LiveServer, ThreadedServer, database_toml
 
 MAX_EXAMPLES = 40
 DECLARED = ("204", "400", "401", "404", "422", "500")

@@ -10,8 +10,7 @@ import httpx
 import pytest
 
 from storage import Database
-from tests.live_server import LiveServer, database_toml
-from tests.support import AgnoData
+from tests.support import AgnoData, LiveServer, database_toml
 
 
 def run_cli(*args: str, cwd=None, env=None) -> subprocess.CompletedProcess:

@@ -11,8 +11,7 @@ import pytest
 
 from agentos_sessions.conformance import run_schemathesis
 from storage import Database
-from tests.live_server import LiveServer, database_toml
-from tests.support import KEY, AgnoData
+from tests.support import KEY, AgnoData, LiveServer, database_toml
 
 pytestmark = [pytest.mark.live, pytest.mark.usefixtures("backend")]
 

@@ -19,8 +19,7 @@ from agentos_sessions.contract import contract_path
 from agentos_sessions.docs_ui import ASSET_TYPES, INIT_SCRIPT, PAGE
 from storage import Database
 from storage.seed import seed_sessions
-from tests.live_server import ThreadedServer
-from tests.support import KEY, AgnoData, assert_spec_error
+from tests.support import KEY, AgnoData, ThreadedServer, assert_spec_error
 
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [

@@ -10,15 +10,22 @@ lane takes it.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 import pytest
 
-from agentos_sessions import fast_lane
+from agentos_sessions import app as app_module
 from agentos_sessions.contract import Contract
 from agentos_sessions.fast_lane import Route, keeps_keys_plain
+from handlers.sessions import erase_and_answer
 from tests.support import AUTH, KEY, AgnoData, refuse_compaction_deletes, unique_ids
+
+
+def route_from(document):
+    return Route.from_contract(document, "delete_session", erase_and_answer)
+
 
 @dataclass(frozen=True)
 class Case:
@@ -49,6 +56,8 @@ CASES = [
     Case("no authorization", lane=False, headers={}),
     Case("key with trailing space", lane=False, headers={"Authorization": f"Bearer {KEY} "}),
     Case("percent-encoded id", lane=False, session_id="with space {id}"),
+    Case("id with an encoded slash", lane=False, session_id="a/b-{id}"),
+    Case("id with a newline", lane=False, session_id="line\nbreak-{id}"),
     Case("non-ascii id", lane=False, session_id="sesión-{id}"),
     Case("id starting with a dot", lane=False, session_id=".{id}"),
     Case("empty db_id", lane=False, query="db_id="),
@@ -62,7 +71,7 @@ CASES = [
 
 
 @pytest.fixture
-def clients(make_client, make_settings):
+def clients(make_client, make_settings, lane_calls):
     settings = make_settings()
     with_lane, without_lane = make_client(settings), make_client(replace(settings, fast_lane=False))
     database = next(iter(with_lane.storage.databases.values()))
@@ -73,14 +82,16 @@ def clients(make_client, make_settings):
 
 @pytest.fixture
 def lane_calls(monkeypatch):
+    """The lane's calls: the answer function the app gives it, counted (the handler
+    calls the original)."""
     calls = []
-    original = fast_lane.erase_and_answer
 
+    @functools.wraps(erase_and_answer)
     async def counted(*args, **kwargs):
         calls.append(args[1])
-        return await original(*args, **kwargs)
+        return await erase_and_answer(*args, **kwargs)
 
-    monkeypatch.setattr(fast_lane, "erase_and_answer", counted)
+    monkeypatch.setattr(app_module, "erase_and_answer", counted)
     return calls
 
 
@@ -137,7 +148,7 @@ def test_failed_erase_answers_as_connexion_and_keeps_everything(clients, lane_ca
 
 
 def test_lane_takes_its_route_from_the_contract():
-    route = Route.from_contract(Contract.load().document)
+    route = route_from(Contract.load().document)
     assert route is not None
     assert (route.prefix, route.query_names) == (b"/sessions/", frozenset({b"db_id", b"table"}))
 
@@ -194,7 +205,7 @@ def _add_second_path_parameter(document):
 def test_no_lane_when_the_contract_asks_for_more_than_it_checks(change):
     document = copy.deepcopy(Contract.load().document)
     change(document)
-    assert Route.from_contract(document) is None
+    assert route_from(document) is None
 
 
 @pytest.mark.parametrize("key, plain", [(KEY, True), ("with space", False), ("clé", False), ("tab\tkey", False)])

@@ -116,8 +116,7 @@ def test_two_workers_report_the_same_totals_and_log_every_attempt(tmp_path, make
     """Under `serve --workers 2`, any worker's /metrics counts the requests of both."""
     import httpx
 
-    from tests.live_server import LiveServer, database_toml
-    from tests.support import KEY
+    from tests.support import KEY, LiveServer, database_toml
 
     with LiveServer(tmp_path, database_toml(make_database_settings()), workers=2) as server:
         ids = server.seed(12, runs=2)

@@ -22,17 +22,22 @@ import uuid
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    invariant,
+    rule,
+    run_state_machine_as_test,
+)
 from schemathesis.auths import AuthContext, set_on_case
 from schemathesis.generation import GenerationMode
 
 from agentos_sessions.conformance import TOKEN_ENV, config_path, run_schemathesis
 from agentos_sessions.contract import contract_path
 from storage import Database
-from tests.live_server import LiveServer, database_toml
-from tests.support import KEY, AgnoData
+from tests.support import KEY, AgnoData, LiveServer, database_toml
 
-pytestmark = [pytest.mark.live, pytest.mark.deep]
+pytestmark = pytest.mark.live
 
 FUZZ_MIN_CASES = 3000
 FUZZ_SEED = 20261128

@@ -17,12 +17,22 @@ from sqlalchemy import text
 
 from agentos_sessions.settings import DatabaseSettings
 from storage import Database
-from tests.conftest import postgres_url
-from tests.faults import TcpProxy, fill, sqlite_write_lock_held, tiny_filesystem
-from tests.live_server import LiveServer, database_toml
-from tests.support import AUTH, CONVERSATION_KINDS, AgnoData, assert_spec_error, unique_ids
+from tests.support import (
+    AUTH,
+    CONVERSATION_KINDS,
+    AgnoData,
+    LiveServer,
+    TcpProxy,
+    assert_spec_error,
+    database_toml,
+    fill,
+    postgres_url,
+    sqlite_write_lock_held,
+    tiny_filesystem,
+    unique_ids,
+)
 
-pytestmark = [pytest.mark.deep, pytest.mark.live]
+pytestmark = pytest.mark.live
 
 # A hung request would trip the client's timeout long before this matters; it only
 # has to be far above the busy/connect timeouts configured below.

@@ -13,12 +13,19 @@ from collections import Counter
 import pytest
 
 from storage import Database
-from tests.conftest import postgres_url
-from tests.live_server import LiveServer, database_toml
-from tests.load import AgentWriter, delete_concurrently, snapshot
-from tests.support import CONVERSATION_KINDS, AgnoData, unique_ids
+from tests.support import (
+    CONVERSATION_KINDS,
+    AgentWriter,
+    AgnoData,
+    LiveServer,
+    database_toml,
+    delete_concurrently,
+    postgres_url,
+    snapshot,
+    unique_ids,
+)
 
-pytestmark = [pytest.mark.deep, pytest.mark.live]
+pytestmark = pytest.mark.live
 
 TARGETS = 2000
 BYSTANDERS = 200

@@ -1,0 +1,122 @@
+"""One database: its connection settings, its health probe, and the writers' lock file
+beside a SQLite file (created private, never through a symlink, waited for with a bound)."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from sqlalchemy import event
+
+from storage import Database, erase_session
+from storage.database import WritersTurnTimeout
+from tests.support import AgnoData, require_root
+
+sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])
+
+
+def erase(database, session_id):
+    return erase_session(database, database.settings.default_session_table, session_id)
+
+
+@sqlite_only
+def test_erased_text_is_overwritten_in_the_database_file_whatever_sqlites_build_default(make_database):
+    """SQLite leaves deleted rows' bytes in free pages unless ``secure_delete`` is on,
+    and whether it is on by default depends on how SQLite was built (Debian's is, many
+    others are not). An erase must not leave the conversation readable in the file."""
+    database = make_database()
+    # Runs before our own settings, as a build whose default is off would.
+    event.listen(database.engine, "connect", lambda dbapi, _: dbapi.execute("PRAGMA secure_delete=OFF"), insert=True)
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all()
+    session_id = data.add_session(runs=2)
+    data.add_session(runs=2)
+    marker = data.write_private_text(session_id)
+    path = Path(database.engine.url.database)
+    assert database.truncate_wal()
+    assert marker in path.read_bytes(), "the scan must see the text while it is stored"
+
+    assert erase(database, session_id) is not None
+    assert database.truncate_wal()
+
+    assert marker not in path.read_bytes()
+
+
+def test_ping_succeeds_on_a_database_that_can_take_a_write(make_database):
+    make_database().ping()
+
+
+@sqlite_only
+def test_the_writers_lock_file_is_created_private_beside_the_database(make_database):
+    database = make_database()
+    database.ping()
+    lock = Path(database.turn.path)
+    assert lock.parent == Path(database.engine.url.database).parent
+    assert stat.S_IMODE(lock.stat().st_mode) == 0o600
+
+
+@sqlite_only
+def test_a_symlink_at_the_lock_path_is_never_followed(make_database_settings, tmp_path, caplog):
+    settings = make_database_settings()
+    victim = tmp_path / "victim.txt"
+    victim.write_text("not ours to touch")
+    victim.chmod(0o644)
+    os.symlink(victim, f"{settings.url.removeprefix('sqlite:///')}-writer-lock")
+    database = Database(settings, busy_timeout_ms=2000)
+    try:
+        data = AgnoData(database, settings.default_session_table)
+        with caplog.at_level(logging.WARNING, logger="storage"):
+            data.create_all()
+        session_id = data.add_session(runs=1)
+        assert erase(database, session_id) is not None
+    finally:
+        database.dispose()
+    assert victim.read_text() == "not ours to touch" and stat.S_IMODE(victim.stat().st_mode) == 0o644
+    assert "not using the writers' lock file" in caplog.text
+
+
+@sqlite_only
+def test_a_lock_file_another_user_owns_is_not_used(make_database_settings, caplog):
+    require_root("give the lock file to another user")
+    settings = make_database_settings()
+    lock = Path(f"{settings.url.removeprefix('sqlite:///')}-writer-lock")
+    lock.touch(mode=0o666)
+    os.chown(lock, 65534, 65534)
+    # That user holds it, as another local user in a shared directory could.
+    other = os.open(lock, os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    database = Database(settings, busy_timeout_ms=2000)
+    try:
+        data = AgnoData(database, settings.default_session_table)
+        with caplog.at_level(logging.WARNING, logger="storage"):
+            data.create_all()
+        assert erase(database, data.add_session(runs=1)) is not None
+    finally:
+        database.dispose()
+        os.close(other)
+    assert "not a regular file owned by this user" in caplog.text
+
+
+@sqlite_only
+def test_a_held_writers_lock_costs_at_most_the_busy_timeout_and_changes_nothing(make_database):
+    database = make_database()
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all()
+    session_id = data.add_session(runs=2)
+    before = data.counts(session_id)
+    # Another process of ours (a hung worker) holds the lock.
+    other = os.open(database.turn.path, os.O_RDWR)
+    fcntl.flock(other, fcntl.LOCK_EX)
+    try:
+        with pytest.raises(WritersTurnTimeout):
+            erase(database, session_id)
+        with pytest.raises(WritersTurnTimeout):
+            database.ping()
+    finally:
+        os.close(other)
+    assert data.counts(session_id) == before
+    assert erase(database, session_id) is not None
