@@ -21,14 +21,8 @@ from agentos_sessions.contract import Contract
 from agentos_sessions.errors import register_error_renderer
 from agentos_sessions.http import RequestGuard
 from agentos_sessions.security import BEARER_INFO_FUNC, STATE_KEY, generate_key
-from agentos_sessions.settings import (
-    ENV_SECURITY_KEY,
-    Settings,
-    load_settings,
-    open_storage,
-)
-from handlers.record import DELETE_OPERATION
-from handlers.sessions import erase_and_answer
+from agentos_sessions.settings import ENV_SECURITY_KEY, Settings, load_settings, open_storage
+from handlers.sessions import DELETE_OPERATION, erase_and_answer
 
 
 def announce_generated_key(settings: Settings, stream=sys.stderr) -> Settings:
@@ -71,18 +65,10 @@ def create_app(settings: Settings | None = None, *, contract: Contract | None = 
         finally:
             await asyncio.to_thread(storage.close)
 
-    app = AsyncApp(
-        __name__,
-        lifespan=lifespan,
-        # Connexion would serve its converted 3.0 view; clients get the original below.
-        swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False),
-    )
-    app.add_api(
-        connexion_view(contract),
-        resolver=RelativeResolver("handlers"),
-        validate_responses=settings.validate_responses,
-        strict_validation=True,
-    )
+    # Connexion would serve its converted 3.0 view; clients get the original below.
+    app = AsyncApp(__name__, lifespan=lifespan, swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False))
+    app.add_api(connexion_view(contract), resolver=RelativeResolver("handlers"),
+                validate_responses=settings.validate_responses, strict_validation=True)  # fmt: skip
     contract_json = json.dumps(contract.document, indent=2).encode()
 
     def openapi_json(_request: Request) -> Response:

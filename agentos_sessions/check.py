@@ -1,25 +1,29 @@
 """``agentos-sessions check``: judge any server that claims this contract, and show why.
 
-The judging is the project's own live contract suite: schemathesis with every check,
-configured by the same ``schemathesis.toml`` through ``conformance.run_schemathesis``,
-plus, given disposable session ids, the scenario a client relies on (delete → 204,
-again → 404, no key → 401). The report groups findings by check with one curl each,
-and shows which of the responses the contract declares were actually seen.
+The judging is the project's own live contract suite, also run by the live contract
+test: schemathesis with every check, configured by ``schemathesis.toml`` alone, plus,
+given disposable session ids, the scenario a client relies on (delete → 204, again →
+404, no key → 401). The report groups findings by check with one curl each, and shows
+which of the responses the contract declares were actually seen.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 import tempfile
+import threading
 import xml.etree.ElementTree as ElementTree
 from collections import Counter, defaultdict
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterable
+from typing import Callable, Iterable, Sequence
 from urllib.parse import quote
 
 import httpx
@@ -29,8 +33,91 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from agentos_sessions.conformance import run_schemathesis
 from agentos_sessions.contract import contract_path
+
+CONFIG_FILENAME = "schemathesis.toml"
+TOKEN_ENV = "API_TOKEN"
+# How often a generated session id is replaced by a disposable real one, so the 204
+# path is exercised while random ids still probe the 404 path.
+DISPOSABLE_ID_PROBABILITY = 0.3
+
+
+def config_path() -> Path:
+    """The base configuration, beside the contract in a checkout or inside the wheel."""
+    return contract_path().with_name(CONFIG_FILENAME)
+
+
+def compose_config(disposable_ids: list[str], base: Path | None = None) -> str:
+    """The base configuration plus a fuzz dictionary of session ids that really exist.
+
+    Schemathesis only draws dictionary values into positive cases when they match the
+    parameter's schema, so negative cases stay negative.
+    """
+    text = (base or config_path()).read_text()
+    if not disposable_ids:
+        return text
+    values = ", ".join(json.dumps(i) for i in disposable_ids)
+    return (
+        f"{text}\n"
+        f"[dictionaries.disposable_session_ids]\nvalues = [{values}]\n\n"
+        f"[parameters]\n"
+        f'"path.session_id" = {{ dictionary = "disposable_session_ids", probability = {DISPOSABLE_ID_PROBABILITY} }}\n'
+    )
+
+
+@dataclass
+class RunResult:
+    returncode: int
+    output: str
+    report: dict
+    # Where any extra report formats asked for were written (junit, har, ...).
+    report_dir: Path | None = None
+
+
+def run_schemathesis(
+    url: str, token: str, workdir: Path, *, disposable_ids: list[str] = (), spec: Path | None = None,
+    max_examples: int = 100, seed: int = 1, extra_args: list[str] = (), timeout: float = 900,
+    reports: Sequence[str] = (), on_line: Callable[[str], None] | None = None,
+) -> RunResult:  # fmt: skip
+    """Run ``schemathesis run`` and return its exit code, console output and JSON report.
+
+    ``reports`` adds report formats (written under ``report_dir``); ``on_line`` receives
+    the console output line by line while it runs, for a progress display.
+    """
+    workdir.mkdir(parents=True, exist_ok=True)
+    config_file = workdir / CONFIG_FILENAME
+    config_file.write_text(compose_config(list(disposable_ids)))
+    report_file = workdir / "report.json"
+    report_dir = workdir / "reports"
+    command = [
+        sys.executable, "-m", "schemathesis.cli", "--config-file", str(config_file), "run", str(spec or contract_path()),
+        "--url", url, "--seed", str(seed), "--max-examples", str(max_examples),
+        "--report", ",".join(["json", *reports]), "--report-dir", str(report_dir),
+        "--report-json-path", str(report_file), "--no-color", *extra_args,
+    ]  # fmt: skip
+    # Piped, Python would hold the output back until exit; progress needs it line by line.
+    env = {**os.environ, TOKEN_ENV: token, "PYTHONUNBUFFERED": "1"}
+    lines: list[str] = []
+    with subprocess.Popen(
+        command, env=env, cwd=workdir, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    ) as process:
+        timed_out = threading.Event()
+        # Past the bound the run is stopped, not waited for.
+        deadline = threading.Timer(timeout, lambda: (timed_out.set(), process.kill()))
+        deadline.start()
+        try:
+            for line in process.stdout:
+                lines.append(line)
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+        finally:
+            deadline.cancel()
+        process.wait()
+    if timed_out.is_set():
+        raise subprocess.TimeoutExpired(command, timeout, output="".join(lines))
+    report = json.loads(report_file.read_text()) if report_file.exists() else {}
+    return RunResult(process.returncode, "".join(lines), report, report_dir)
+
 
 OPERATION_PATH = "/sessions/{session_id}"
 SCENARIO = "scenario: delete → 204, delete again → 404, no key → 401"
@@ -184,17 +271,9 @@ class PhaseProgress:
 
 
 def check(
-    url: str,
-    token: str,
-    *,
-    spec: Path | None = None,
-    ids: Iterable[str] = (),
-    max_examples: int = 100,
-    seed: int = 1,
-    workdir: Path,
-    progress_console: Console | None = None,
-    run: Callable = run_schemathesis,
-) -> CheckReport:
+    url: str, token: str, *, spec: Path | None = None, ids: Iterable[str] = (), max_examples: int = 100, seed: int = 1,
+    workdir: Path, progress_console: Console | None = None, run: Callable = run_schemathesis,
+) -> CheckReport:  # fmt: skip
     spec = spec or contract_path()
     base = url.rstrip("/")
     report = CheckReport(base, spec, seed, max_examples, declared_responses(spec))
@@ -296,8 +375,6 @@ def read_ids(source: str) -> list[str]:
 
 def main(args, console: Console | None = None) -> int:
     """The ``check`` command: 0 clean, 1 findings, 2 could not check."""
-    import os
-
     console = console or Console(soft_wrap=False)
     if importlib.util.find_spec("schemathesis") is None:
         # Without it every run "fails", which would read as findings against the server.
@@ -314,14 +391,10 @@ def main(args, console: Console | None = None) -> int:
         return 2
     ids = read_ids(args.ids_file) if args.ids_file else []
     spec = Path(args.spec) if args.spec else None
-    if args.report_dir:
-        workdir = Path(args.report_dir)
-        report = check(args.url, token, spec=spec, ids=ids, max_examples=args.max_examples, seed=args.seed, workdir=workdir)
-    else:
-        with tempfile.TemporaryDirectory(prefix="agentos-sessions-check-") as tmp:
-            report = check(
-                args.url, token, spec=spec, ids=ids, max_examples=args.max_examples, seed=args.seed, workdir=Path(tmp)
-            )
+    kept = nullcontext(args.report_dir) if args.report_dir else tempfile.TemporaryDirectory(prefix="agentos-check-")
+    with kept as workdir:
+        report = check(args.url, token, spec=spec, ids=ids, max_examples=args.max_examples, seed=args.seed,
+                       workdir=Path(workdir))  # fmt: skip
     render(report, token, console)
     if not report.schemathesis_ran:
         return 2

@@ -21,11 +21,8 @@ def _parser() -> argparse.ArgumentParser:
         prog="agentos-sessions",
         description="Host Agno AgentOS's DELETE /sessions/{session_id} contract and erase sessions for real.",
     )
-    parser.add_argument(
-        "--config",
-        metavar="FILE",
-        help=f"TOML settings file (env {ENV_CONFIG}; default ./agentos-sessions.toml if present)",
-    )
+    parser.add_argument("--config", metavar="FILE",
+                        help=f"TOML settings file (env {ENV_CONFIG}; default ./agentos-sessions.toml if present)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     serve = commands.add_parser(
@@ -60,9 +57,7 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:7777")
     check.add_argument("--token", help=f"its bearer key (default: env {ENV_SECURITY_KEY})")
     check.add_argument("--spec", help="the contract to judge by (default: this project's openapi.yaml)")
-    check.add_argument(
-        "--ids-file", help="disposable session ids, one per line ('-' for stdin); they will be deleted"
-    )
+    check.add_argument("--ids-file", help="disposable session ids, one per line ('-' for stdin); they will be deleted")
     check.add_argument("--max-examples", type=int, default=100, help="schemathesis cases per phase (default 100)")
     check.add_argument("--seed", type=int, default=1, help="schemathesis seed, for a reproducible run (default 1)")
     check.add_argument("--report-dir", help="keep schemathesis's own reports (JSON, JUnit, HAR) in this directory")
@@ -70,9 +65,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def raise_open_file_limit() -> None:
-    """Every connection is a descriptor, and a soft limit of 1,024 is soon reached by
-    idle or slow clients (until the request timeout closes them): serve takes the hard
-    limit, as Go's runtime and nginx's worker_rlimit_nofile do."""
+    """Idle or slow clients soon reach a soft limit of 1,024 descriptors before the request
+    timeout closes them: serve takes the hard limit, as Go's runtime does."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft != hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -105,19 +99,13 @@ def _serve(args: argparse.Namespace) -> int:
         # Each worker counts in files here, so /metrics from any worker reports all of them.
         metrics_dir = prepare_multiprocess_dir()
     uvicorn.run(
-        FACTORY,
-        factory=True,
-        host=settings.host,
-        port=settings.port,
-        workers=settings.workers,
-        log_level=args.log_level,
-        log_config=logging_config(args.log_level),
-        access_log=not args.no_access_log,
-        # Bounded request heads (in time and size), and JSON errors for requests the app
-        # never sees; a partial of a module-level class, so spawned workers get it too.
+        FACTORY, factory=True, host=settings.host, port=settings.port, workers=settings.workers,
+        log_level=args.log_level, log_config=logging_config(args.log_level), access_log=not args.no_access_log,
+        # Bounded request heads, and JSON refusals; a partial of a module-level class, so
+        # spawned workers get it too.
         http=functools.partial(BoundedH11Protocol, request_timeout_s=settings.request_timeout_ms / 1000),
         h11_max_incomplete_event_size=H11_MAX_INCOMPLETE_EVENT_SIZE,
-    )
+    )  # fmt: skip
     if metrics_dir is not None:
         shutil.rmtree(metrics_dir, ignore_errors=True)
     return 0

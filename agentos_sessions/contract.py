@@ -1,10 +1,9 @@
 """The OpenAPI contract: the 3.1 document as published, and the 3.0 view Connexion can load.
 
-Connexion 3.3 validates specs against the OpenAPI 3.0 meta-schema and its parameter
-parsers expect a single ``type`` per schema, so a 3.1 document (type lists,
-``type: 'null'``, ``anyOf`` with a null branch) is refused at load or crashes at request
-time. ``openapi.yaml`` stays the published 3.1 contract; Connexion gets an equivalent
-3.0.3 view derived in memory, and clients are always served the original.
+Connexion 3.3 validates specs against the 3.0 meta-schema and its parameter parsers
+expect one ``type`` per schema, so 3.1 (type lists, ``type: 'null'``, ``anyOf`` with a
+null branch) is refused at load or crashes at request time. Connexion gets an
+equivalent 3.0.3 view derived in memory; clients always get the original.
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""GET /docs: Swagger UI over the published 3.1 contract, from local assets only.
-
-The assets come from the ``swagger-ui-py`` package (Swagger UI 5). ``swagger-ui-bundle``
-ships Swagger UI 4.15, which refuses any ``openapi: 3.1.x`` document ("Unable to render
-this definition"), and Connexion's own UI would show the converted 3.0 copy. The page
-loads ``openapi.yaml``, the file as published, and never reaches outside this server:
-no CDN, and the online validator badge is off.
-"""
+"""GET /docs: Swagger UI 5 (the ``swagger-ui-py`` package) over ``openapi.yaml`` as published,
+from local assets only: no CDN, no validator badge. ``swagger-ui-bundle``'s Swagger UI 4
+cannot render 3.1, and Connexion's own UI would show the converted 3.0 copy."""
 
 from __future__ import annotations
 

@@ -45,9 +45,7 @@ async def render_error(request: ConnexionRequest, exc: Exception) -> ConnexionRe
     headers = dict(error.headers)
     if error.status == 401:
         headers["WWW-Authenticate"] = "Bearer"
-    return ConnexionResponse(
-        status_code=error.status, mimetype="application/json", body=error.body(), headers=headers
-    )
+    return ConnexionResponse(status_code=error.status, mimetype="application/json", body=error.body(), headers=headers)
 
 
 def register_error_renderer(app) -> None:

@@ -1,28 +1,17 @@
-"""The fast lane: plain delete requests answered without Connexion's generic per-request work.
+"""The fast lane: plain delete requests answered without Connexion's generic per-request work,
+which costs more CPU than SQLite spends erasing a session (``bench/README.md``).
 
-Why: Connexion's routing, security, validation and context middlewares cost more CPU
-per request than SQLite spends erasing a session (``bench/README.md`` has the figures);
-under a backlog of erase requests that was the bottleneck.
+It takes only what Connexion would certainly route to the operation and let through
+security and validation unchanged: ``DELETE <prefix>/<id>`` with an id of unreserved
+URL characters (nothing to decode), the operation's own query parameters at most once
+each with unreserved values, exactly one ``Authorization: Bearer <key>``, and no body.
+Anything else, down to a lowercase ``bearer``, goes through Connexion. It calls the
+handler's own answer function, given at install, and its errors go to the same renderer.
 
-What it takes is only what Connexion would certainly route to ``delete_session`` and
-let through security and validation unchanged:
-
-- ``DELETE`` on a raw path ``<prefix>/<id>`` whose id is made of unreserved URL
-  characters only, so there is nothing to percent-decode and nothing to normalise;
-- a query string of the operation's own query parameters, each at most once, with
-  non-empty values of unreserved characters;
-- exactly one ``Authorization`` header, exactly ``Bearer <key>``;
-- no body: no ``Content-Type``, no ``Transfer-Encoding``, no ``Content-Length`` but 0.
-
-Anything else, down to a lowercase ``bearer``, goes through Connexion. What the lane
-does with what it takes is what the handler does: it calls the handler's own
-``answer`` function, given at install, and its errors go to the same renderer.
-
-The route is compiled from the contract: one string path parameter, optional
-plain-string query parameters the answer function takes, no body, HTTP bearer
-security. If the contract asks for anything else, there is no lane.
-``tests/test_fast_lane.py`` sends the same requests with and without it and compares
-the answers byte for byte.
+The route is compiled from the contract (one string path parameter, optional
+plain-string query parameters the answer function takes, no body, HTTP bearer); if the
+contract asks for more, there is no lane. ``tests/test_fast_lane.py`` sends the same
+requests with and without it and compares the answers byte for byte.
 """
 
 from __future__ import annotations

@@ -1,8 +1,7 @@
 """GET /health: does every configured database answer, within a bounded time?
 
-Each database is pinged on a daemon thread of its own, at most one at a time: a
-database that hangs costs one stuck thread, not one per probe, never blocks the
-request thread pool, and never keeps the process from exiting.
+Each database is pinged on a daemon thread of its own, one at a time: a hung database
+costs one stuck thread, never blocks the thread pool, and never keeps the process up.
 """
 
 from __future__ import annotations

@@ -1,24 +1,17 @@
 """What HTTP the service accepts, before any operation runs.
 
-Two pieces, one per layer:
-
 - ``BoundedH11Protocol``, the one adapter on a dependency's internals: uvicorn's h11
-  protocol (selected through uvicorn's public ``http`` setting) with bounds on the time
-  (``request_timeout_ms``) and size a client may take to send a request head, which
-  uvicorn lacks (its keep-alive timeout starts only after a response, and h11 bounds
-  only a head that is still incomplete after a read), and the contract's JSON body on
-  the refusals it gives below the app. ``tests/test_http.py`` fails loudly if a uvicorn
+  protocol (chosen through uvicorn's public ``http`` setting) with bounds on the time
+  and size of a request head still arriving, which uvicorn lacks, and the contract's
+  JSON body on the refusals it gives. ``tests/test_http.py`` fails loudly if a uvicorn
   release changes what it relies on.
-- ``RequestGuard``, an ASGI middleware in front of routing, for what is refused once a
-  head has been parsed: a request target with a fragment (``#``), over
-  ``MAX_TARGET_BYTES`` or a head over ``MAX_HEAD_BYTES`` (the same limits the adapter
-  applies to heads still arriving, so a refusal does not depend on how the bytes were
-  split), a version other than HTTP/1.x, both ``Content-Length`` and
-  ``Transfer-Encoding`` (request smuggling's shape), and a path with a trailing slash
-  (no route has one, and Starlette would redirect it, built from the Host header). It
-  reads a declared body in full before anything runs, so a body the server cannot read
-  refuses the request instead of following its answer, and it routes on the path as
-  sent, in origin form.
+- ``RequestGuard``, ASGI middleware in front of routing, for what a parsed head is
+  refused for: a fragment (``#``), a target or head over the same limits (so a refusal
+  does not depend on how the bytes were split), a version other than HTTP/1.x, both
+  ``Content-Length`` and ``Transfer-Encoding``, a trailing slash (no route has one, and
+  Starlette would redirect, built from Host). It reads a declared body before anything
+  runs, so an unreadable body refuses the request instead of following its answer, and
+  routes on the path as sent.
 """
 
 from __future__ import annotations
@@ -115,7 +108,8 @@ class BoundedH11Protocol(H11Protocol):
         self._refuse(400, PARSE_ERROR)
 
     def _refuse(self, status: int, detail: str) -> None:
-        self.logger.warning("%s (%d)", detail, status)
+        if status != 400:  # uvicorn logs its own parse errors
+            self.logger.warning("%s (%d)", detail, status)
         self._refused = True
         self._stop_head_timer()
         self.transport.write(refusal(status, detail))

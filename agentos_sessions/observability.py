@@ -1,11 +1,9 @@
 """What operators see of every request: its id, its metrics and, for deletes, its audit line.
 
-One ASGI middleware sits outside Connexion's exception handling, so it sees every
-response, errors included: it stamps ``X-Request-ID``, times the request, counts it,
-and for the delete operation writes the audit line. Connexion hands inner layers a copy
-of the scope, so a second, inner middleware reports what routing decided, and the
-handler reports what only it knows (the database and table it resolved, what storage
-erased), both through the ``RequestRecord`` of the current request.
+One middleware outside Connexion's exception handling sees every response, errors too:
+it stamps ``X-Request-ID``, times and counts the request, and writes a delete's audit
+line. Connexion hands inner layers a copy of the scope, so routing's decision and what
+the handler resolved and erased reach it through the request's ``RequestRecord``.
 """
 
 from __future__ import annotations
@@ -25,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from agentos_sessions.security import key_fingerprint
 from handlers.errors import error_code_for
-from handlers.record import DELETE_OPERATION, RequestRecord, current_record
+from handlers.sessions import DELETE_OPERATION, RequestRecord, current_record
 
 REQUEST_ID_HEADER = "X-Request-ID"
 AUDIT_LOGGER = "agentos_sessions.audit"
@@ -55,13 +53,9 @@ def multiprocess_metrics() -> bool:
 
 
 class Metrics:
-    """Prometheus metrics for one app.
-
-    Each app has its own registry, so apps built in one process (tests) never collide.
-    Under several workers (``PROMETHEUS_MULTIPROC_DIR`` set before any worker starts)
-    values go to per-process files and the exposition merges them, so any worker
-    answers for all.
-    """
+    """Prometheus metrics for one app, in a registry of its own so apps in one process
+    (tests) never collide. With several workers (``PROMETHEUS_MULTIPROC_DIR`` set before
+    they start) values go to per-process files and any worker's exposition merges them."""
 
     def __init__(self) -> None:
         from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -83,12 +77,7 @@ class Metrics:
                               ["error_code"], registry=target)  # fmt: skip
 
     def exposition(self) -> tuple[bytes, str]:
-        from prometheus_client import (
-            CONTENT_TYPE_LATEST,
-            CollectorRegistry,
-            generate_latest,
-            multiprocess,
-        )
+        from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest, multiprocess
 
         if multiprocess_metrics():
             merged = CollectorRegistry()
@@ -120,11 +109,8 @@ class Metrics:
 
 
 def prepare_multiprocess_dir() -> str | None:
-    """Set up the shared metrics directory before workers start; stale files would double count.
-
-    Returns the directory when it was made here (the caller removes it after serving),
-    None when the operator named one in PROMETHEUS_MULTIPROC_DIR.
-    """
+    """The shared metrics directory, emptied before workers start (stale files would double
+    count); returned when made here, for the caller to remove, None when the operator named it."""
     import tempfile
 
     named = os.environ.get(MULTIPROCESS_ENV)

@@ -1,9 +1,7 @@
 """HTTPBearer, as the contract declares it, checked against one key in constant time.
 
-The spec's ``HTTPBearer`` scheme names no ``x-bearerInfoFunc``, so Connexion would drop
-it and refuse every call. The app adds one to the 3.0 view it hands Connexion (never to
-the published contract): ``verify_bearer``, which reads the app's key from the request's
-lifespan state.
+The spec's scheme names no ``x-bearerInfoFunc``, so Connexion would refuse every call;
+the app adds ``verify_bearer`` to the 3.0 view it gives Connexion, never to the contract.
 """
 
 from __future__ import annotations

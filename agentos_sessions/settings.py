@@ -55,9 +55,6 @@ class Settings:
     fast_lane: bool = True
     request_timeout_ms: int = field(default=10000, metadata=_minimum(1))
 
-    def database(self, db_id: str) -> DatabaseSettings | None:
-        return next((d for d in self.databases if d.id == db_id), None)
-
 
 SCALAR_SETTINGS = [f for f in fields(Settings) if f.name not in ("databases", "security_key")]
 
@@ -176,10 +173,5 @@ def load_settings(environ: Mapping[str, str] | None = None, config_file: str | P
 
 def open_storage(settings: Settings) -> Storage:
     """The storage these settings describe, not yet started."""
-    return Storage(
-        settings.databases,
-        busy_timeout_ms=settings.busy_timeout_ms,
-        erase_traces=settings.erase_traces,
-        audit_table=settings.audit_table,
-        group_commit=settings.group_commit,
-    )
+    return Storage(settings.databases, busy_timeout_ms=settings.busy_timeout_ms, erase_traces=settings.erase_traces,
+                   audit_table=settings.audit_table, group_commit=settings.group_commit)  # fmt: skip

@@ -11,13 +11,8 @@ from http import HTTPStatus
 
 # error_code values named by the spec's examples, and the same style for statuses the
 # spec does not list but HTTP still needs (405 for a wrong method, ...).
-ERROR_CODES = {
-    400: "BAD_REQUEST",
-    401: "UNAUTHENTICATED",
-    404: "NOT_FOUND",
-    422: "VALIDATION_ERROR",
-    500: "INTERNAL_SERVER_ERROR",
-}
+ERROR_CODES = {400: "BAD_REQUEST", 401: "UNAUTHENTICATED", 404: "NOT_FOUND", 422: "VALIDATION_ERROR",
+               500: "INTERNAL_SERVER_ERROR"}  # fmt: skip
 
 FAILED_TO_DELETE = "Failed to delete session"
 

@@ -1,15 +1,49 @@
-"""Handlers for the Sessions tag: map storage outcomes to the contract's responses."""
+"""Handlers for the Sessions tag: map storage outcomes to the contract's responses, and
+report each one's outcome to the operators' record of the request."""
 
 from __future__ import annotations
 
+import uuid
+from contextvars import ContextVar
+from dataclasses import dataclass
 from urllib.parse import unquote_to_bytes
 
 from connexion import request
 from starlette.responses import Response
 
 from handlers.errors import ApiError
-from handlers.record import DELETE_OPERATION, request_record
-from storage import Storage, TargetError
+from storage import AuditEntry, ErasedRows, Storage, TargetError
+
+DELETE_OPERATION = "delete_session"
+
+
+@dataclass
+class RequestRecord:
+    """One request as operators see it: the app's outer middleware opens it and writes the
+    audit line and metrics from it; routing names the operation; the handler adds the
+    database and table it resolved, and what storage erased."""
+
+    request_id: str
+    caller: str | None
+    operation: str = "unmatched"
+    session_id: str | None = None
+    db_id: str | None = None
+    table: str | None = None
+    # Set once storage has answered: the rows erased, or None for "no such session".
+    erased: ErasedRows | None = None
+    storage_answered: bool = False
+
+    def audit_entry(self) -> AuditEntry:
+        return AuditEntry(request_id=self.request_id, caller=self.caller)
+
+
+current_record: ContextVar[RequestRecord | None] = ContextVar("agentos_sessions_request", default=None)
+
+
+def request_record() -> RequestRecord:
+    """The record opened for this request, or a detached one outside the app."""
+    return current_record.get() or RequestRecord(request_id=uuid.uuid4().hex, caller=None)
+
 
 _SINGLE_VALUED = ("db_id", "table")
 

@@ -8,26 +8,7 @@ from storage.audit import AuditEntry
 from storage.config import DatabaseSettings, SessionTable
 from storage.database import Database
 from storage.erase import ErasedRows, erase_session
-from storage.registry import (
-    DatabaseRequired,
-    Storage,
-    Target,
-    TargetError,
-    UnknownDatabase,
-    UnknownTable,
-)
+from storage.registry import DatabaseRequired, Storage, Target, TargetError, UnknownDatabase, UnknownTable
 
-__all__ = [
-    "AuditEntry",
-    "Database",
-    "DatabaseRequired",
-    "DatabaseSettings",
-    "ErasedRows",
-    "SessionTable",
-    "Storage",
-    "Target",
-    "TargetError",
-    "UnknownDatabase",
-    "UnknownTable",
-    "erase_session",
-]
+__all__ = ["AuditEntry", "Database", "DatabaseRequired", "DatabaseSettings", "ErasedRows", "SessionTable", "Storage",
+           "Target", "TargetError", "UnknownDatabase", "UnknownTable", "erase_session"]  # fmt: skip

@@ -1,10 +1,6 @@
-"""The optional audit table: one row per erase, written inside the erase's transaction.
-
-Because the row is inserted by the same transaction that deletes the session, an erase
-can never commit without its record, and a failed insert undoes the erase. A not-found
-attempt changes nothing and gets no row; every attempt, found or not, is in the audit
-log line.
-"""
+"""The optional audit table: one row per erase, inserted by the erase's own transaction, so
+no erase commits without its record and a failed insert undoes the erase. A not-found
+attempt changes nothing and gets no row (every attempt is in the audit log line)."""
 
 from __future__ import annotations
 
@@ -12,16 +8,7 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
-from sqlalchemy import (
-    BigInteger,
-    Column,
-    Connection,
-    Integer,
-    MetaData,
-    String,
-    Table,
-    insert,
-)
+from sqlalchemy import BigInteger, Column, Connection, Integer, MetaData, String, Table, insert
 
 from storage.schema import JsonDocument, TableRef
 

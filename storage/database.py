@@ -11,16 +11,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import (
-    Connection,
-    column,
-    create_engine,
-    event,
-    select,
-    table,
-    text,
-    tuple_,
-)
+from sqlalchemy import Connection, column, create_engine, event, select, table, text, tuple_
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateSchema
@@ -32,8 +23,8 @@ logger = logging.getLogger("storage")
 
 T = TypeVar("T")
 
-# Transient conflicts worth retrying whole: PostgreSQL deadlock and serialization
-# failures. SQLite waits out locks itself (busy_timeout) before reporting them.
+# PostgreSQL deadlock and serialization failures are worth retrying whole; SQLite waits
+# out locks itself (busy_timeout) before reporting them.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 _WRITE_ATTEMPTS = 3
 
@@ -56,65 +47,57 @@ def _is_missing_table(exc: DBAPIError) -> bool:
 def cannot_write(exc: BaseException) -> bool:
     """The database refuses every write now (locked past the busy timeout, full,
     read-only, unreachable), whatever the write; not a conflict worth retrying."""
-    if isinstance(exc, WritersTurnTimeout):
-        return True
-    return (
-        isinstance(exc, OperationalError)
-        and _sqlstate(exc) not in _RETRYABLE_SQLSTATES
-        and not _is_missing_table(exc)
-    )
+    if isinstance(exc, OperationalError):
+        return _sqlstate(exc) not in _RETRYABLE_SQLSTATES and not _is_missing_table(exc)
+    return isinstance(exc, WritersTurnTimeout)
 
 
 class WritersTurn:
-    """On a SQLite file, this service's writers take turns on a lock file beside it.
+    """On a SQLite file, this service's writers (every worker's) take turns on a lock file
+    beside it: SQLite's busy handler sleeps 1, 2, 5, 10 ... ms between tries, so writers
+    fighting for the write lock mostly sleep, where this one polls every few hundred
+    microseconds. Anyone else still meets SQLite's lock and busy timeout.
 
-    Why: SQLite's busy handler polls with growing sleeps (1, 2, 5, 10 ... ms), so two
-    workers' writers fighting for the write lock mostly sleep; here a waiting writer
-    polls the lock file every few hundred microseconds instead. It only orders our own
-    writers: anyone else still meets SQLite's lock and busy timeout.
-
-    The file is opened without following a symlink and created 0600. One that is not a
-    regular file owned by us (another local user could pre-create and hold it) is not
-    used, with one warning; and a turn is never waited for longer than the busy timeout.
+    The file is opened without following a symlink and created 0600; one that is not a
+    regular file of ours (another local user may plant and hold it) is not used, with
+    one warning. No turn is waited for longer than the busy timeout.
     """
 
     def __init__(self, path: str, timeout_s: float):
-        self.path = path
-        self.timeout_s = timeout_s
+        self.path, self.timeout_s = path, timeout_s
         self._in_process = threading.Lock()  # flock does not order threads sharing one fd
         self._fd: int | None = None
-        self._unusable = False
+        self._usable = True
 
     def _descriptor(self) -> int | None:
-        if self._fd is None and not self._unusable:
+        if self._fd is None and self._usable:
+            problem = None
             try:
                 fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
             except OSError as exc:
-                self._give_up(f"cannot open it ({exc.strerror})")
-                return None
-            info = os.fstat(fd)
-            if not stat.S_ISREG(info.st_mode) or info.st_uid != os.geteuid():
-                os.close(fd)
-                self._give_up("it is not a regular file owned by this user")
-                return None
-            self._fd = fd
+                problem = f"cannot open it ({exc.strerror})"
+            else:
+                info = os.fstat(fd)
+                if stat.S_ISREG(info.st_mode) and info.st_uid == os.geteuid():
+                    self._fd = fd
+                else:
+                    os.close(fd)
+                    problem = "it is not a regular file owned by this user"
+            if problem:
+                self._usable = False
+                logger.warning("not using the writers' lock file %s: %s", self.path, problem)
         return self._fd
-
-    def _give_up(self, why: str) -> None:
-        self._unusable = True
-        logger.warning("not using the writers' lock file %s: %s; SQLite's busy timeout orders writers", self.path, why)
 
     def acquire(self, timeout_s: float) -> bool:
         """Take the turn, waiting at most ``timeout_s``; False if it stayed taken."""
         deadline = time.monotonic() + timeout_s
         if not self._in_process.acquire(timeout=timeout_s):
             return False
-        fd = self._descriptor()
-        delay = 0.0001
+        fd, delay = self._descriptor(), 0.0001
         while fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
+                break
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     self._in_process.release()
@@ -150,9 +133,9 @@ class Database:
         self.busy_timeout_ms = busy_timeout_ms
         self.engine: Engine = _make_engine(settings.url, busy_timeout_ms)
         self.dialect = self.engine.dialect.name
-        file = self.engine.url.database
         # Beside the database, like SQLite's own -wal and -shm files.
-        self.turn = WritersTurn(f"{file}-writer-lock", busy_timeout_ms / 1000) if self.is_sqlite_file else None
+        path = f"{self.engine.url.database}-writer-lock"
+        self.turn = WritersTurn(path, busy_timeout_ms / 1000) if self.is_sqlite_file else None
         # Tables seen to exist. Tables appear over time (Agno creates them lazily) but
         # are not expected to disappear, so only absent ones are looked up again.
         self._present: set[TableRef] = set()
@@ -169,18 +152,12 @@ class Database:
     def payload_ref(self, name: str) -> TableRef:
         return TableRef(POSTGRES_PAYLOAD_SCHEMA if self.dialect == "postgresql" else None, name)
 
-    @property
-    def stores_nul(self) -> bool:
-        """PostgreSQL text cannot hold NUL, so an id containing one cannot exist there."""
-        return self.dialect != "postgresql"
-
     def existing(self, conn: Connection, refs: Iterable[TableRef]) -> set[TableRef]:
         """Which of ``refs`` exist, as seen by this transaction."""
         wanted = set(refs)
         if self.dialect == "sqlite" and conn.info.get("schema_checked_in") is not conn.get_transaction():
-            # SQLite bumps schema_version on every CREATE or DROP, so while it stands
-            # still what was found absent is still absent: no catalogue query per erase.
-            # Once per transaction is enough: it holds the write lock.
+            # SQLite bumps schema_version on every CREATE or DROP: while it stands still,
+            # what was absent still is, with no catalogue query per erase.
             conn.info["schema_checked_in"] = conn.get_transaction()
             version = conn.exec_driver_sql("PRAGMA schema_version").scalar()
             if version != self._schema_version:
@@ -195,6 +172,16 @@ class Database:
                 self._absent |= unknown - found
         return wanted & self._present
 
+    def cached(self, refs: Iterable[TableRef]) -> set[TableRef] | None:
+        """SQLite: which of ``refs`` exist as last seen, asking nothing (None if one was never
+        looked up); valid while ``schema_version`` is the database's."""
+        wanted = set(refs)
+        return None if wanted - self._present - self._absent else wanted & self._present
+
+    @property
+    def schema_version(self) -> int | None:
+        return self._schema_version
+
     def unknown(self, refs: Iterable[TableRef]) -> tuple[TableRef, ...]:
         """Of ``refs``, in order, those not yet seen to exist (PostgreSQL looks them up
         in every transaction: it has no schema version to say that none appeared)."""
@@ -205,15 +192,13 @@ class Database:
 
     def _look_up(self, conn: Connection, refs: set[TableRef]) -> set[TableRef]:
         if self.dialect == "sqlite":
-            names = {r.name for r in refs}
-            query = select(_sqlite_master.c.name).where(_sqlite_master.c.type == "table", _sqlite_master.c.name.in_(names))
-            found = set(conn.execute(query).scalars())
-            return {r for r in refs if r.name in found}
-        pairs = [(r.schema or "public", r.name) for r in refs]
-        query = select(_pg_tables.c.schemaname, _pg_tables.c.tablename).where(
-            tuple_(_pg_tables.c.schemaname, _pg_tables.c.tablename).in_(pairs)
-        )
-        found = {(row.schemaname, row.tablename) for row in conn.execute(query)}
+            query = select(_sqlite_master.c.name).where(
+                _sqlite_master.c.type == "table", _sqlite_master.c.name.in_({r.name for r in refs})
+            )
+            return {r for r in refs if r.name in set(conn.execute(query).scalars())}
+        columns = (_pg_tables.c.schemaname, _pg_tables.c.tablename)
+        query = select(*columns).where(tuple_(*columns).in_([(r.schema or "public", r.name) for r in refs]))
+        found = {tuple(row) for row in conn.execute(query)}
         return {r for r in refs if (r.schema or "public", r.name) in found}
 
     def connect_for_writes(self) -> Connection:
@@ -256,13 +241,11 @@ class Database:
             conn.execute(text("SELECT 1"))
 
     def truncate_wal(self) -> bool:
-        """Copy the whole SQLite WAL into the database and cut it to nothing; False if a
-        reader or another writer kept it from completing.
+        """Copy the whole SQLite WAL into the database and cut it to nothing, without
+        waiting; False if a reader or another writer kept it from that.
 
         Why: an erase overwrites the conversation in the database file (``secure_delete``),
-        but the WAL still holds the pages Agno wrote it into, and frames past the point
-        where the WAL is reused stay in the file for as long as the database is open. It
-        never waits: the next try comes later.
+        but the WAL keeps the pages Agno wrote it into for as long as the database is open.
         """
         if self.turn is not None and not self.turn.acquire(0):
             return False

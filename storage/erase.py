@@ -1,11 +1,9 @@
 """The erase: sessions and everything Agno keeps under their ids, in the caller's transaction.
 
-One shape serves one erase and a batch of many: the sessions that exist are found first
-(and locked on PostgreSQL; SQLite's write lock is held already), then only their
-dependent rows and their session rows are deleted. So an erase that finds nothing
-changes nothing, orphans that share its id included, and an id asked twice in a batch
-is found by its first erase only, exactly as separate transactions in that order would
-answer.
+One shape serves one erase and a batch: the sessions that exist are found first (locked
+on PostgreSQL; SQLite's write lock is held already), then only their rows are deleted.
+So an erase that finds nothing changes nothing, orphans with its id included, and an id
+asked twice in a batch is found by its first erase only, as serial transactions answer.
 """
 
 from __future__ import annotations
@@ -37,13 +35,7 @@ from sqlalchemy import (
 from storage.audit import AuditEntry, record_erasures
 from storage.config import SessionTable
 from storage.database import Database
-from storage.schema import (
-    COMPACTIONS_TABLE,
-    PAYLOAD_TABLE,
-    TOOL_RESULTS_TABLE,
-    TRANSCRIPTS_TABLE,
-    TableRef,
-)
+from storage.schema import COMPACTIONS_TABLE, PAYLOAD_TABLE, TOOL_RESULTS_TABLE, TRANSCRIPTS_TABLE, TableRef
 
 _pg_tables = Table("pg_tables", MetaData(schema="pg_catalog"), Column("schemaname", String), Column("tablename", String))
 
@@ -61,32 +53,16 @@ class ErasedRows:
 
     counts: dict[str, int] = field(default_factory=dict)
 
-    @property
-    def total(self) -> int:
-        return sum(self.counts.values())
 
-
-def erase_session(
-    database: Database,
-    session_table: SessionTable,
-    session_id: str,
-    *,
-    erase_traces: bool = False,
-    audit_table: str | None = None,
-    audit: AuditEntry | None = None,
-) -> ErasedRows | None:
+def erase_session(database: Database, session_table: SessionTable, session_id: str, *, erase_traces: bool = False,
+                  audit_table: str | None = None, audit: AuditEntry | None = None) -> ErasedRows | None:  # fmt: skip
     """Erase one session in a transaction of its own; None when no such session exists."""
     requests = [EraseRequest(session_table, session_id, audit)]
     return database.write(lambda conn: erase_batch(conn, database, requests, erase_traces, audit_table))[0]
 
 
-def erase_batch(
-    conn: Connection,
-    database: Database,
-    requests: Sequence[EraseRequest],
-    erase_traces: bool = False,
-    audit_table: str | None = None,
-) -> list[ErasedRows | None]:
+def erase_batch(conn: Connection, database: Database, requests: Sequence[EraseRequest], erase_traces: bool = False,
+                audit_table: str | None = None) -> list[ErasedRows | None]:  # fmt: skip
     """Each request's rows erased, or None for a session that does not exist, in order.
 
     Consecutive requests for one sessions table share the statements; with an audit
@@ -96,7 +72,7 @@ def erase_batch(
     for session_table, run in groupby(requests, key=lambda request: request.session_table):
         run = list(run)
         # PostgreSQL text cannot hold NUL, so no such session can exist there.
-        ids = [r.session_id for r in run if database.stores_nul or "\x00" not in r.session_id]
+        ids = [r.session_id for r in run if database.dialect != "postgresql" or "\x00" not in r.session_id]
         erased = _erase_ids(conn, database, session_table, list(dict.fromkeys(ids)), erase_traces) if ids else {}
         audited = []
         for request in run:
@@ -210,22 +186,17 @@ def _erase_ids(
     candidates = _candidates(database, session_table, erase_traces)
     if database.dialect == "postgresql":
         return _erase_postgresql(conn, database, candidates, ids)
-    present = database.existing(conn, candidates)
-    if candidates[0] not in present:
-        return {}  # no sessions table yet: no such session
-    return _erase_sqlite(conn, _plan(candidates, frozenset(present)), ids)
+    return _erase_sqlite(conn, database, candidates, ids)
 
 
 @lru_cache(maxsize=4096)
 def _sqlite_statements(plan: _Plan, count: int, dialect) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """For ``count`` ids: a survey of one row (which sessions exist, and each one's rows
-    per kind), then the deletes; each compiled once, with the id each placeholder takes.
+    """For ``count`` ids: a one-row survey (which sessions exist, each one's rows per kind),
+    then the deletes; compiled once, with the id each placeholder takes.
 
-    Why one row: Python's sqlite3 lets go of the GIL for every row it steps through,
-    and getting it back from a busy event loop costs up to a switch interval each time,
-    while this writer holds the lock every other writer waits for. Why compiled text:
-    building or even looking up a SQLAlchemy construct costs more Python per batch than
-    SQLite spends deleting its rows, all of it holding the GIL the event loop needs.
+    Why one row: sqlite3 lets go of the GIL for every row it steps through, and getting
+    it back from a busy event loop can take a switch interval. Why text: executing a
+    SQLAlchemy construct costs more Python per batch than SQLite spends deleting.
     """
     ids = [bindparam(f"id_{position}") for position in range(count)]
     sessions = plan.sessions
@@ -237,16 +208,31 @@ def _sqlite_statements(plan: _Plan, count: int, dialect) -> tuple[tuple[str, tup
         )  # fmt: skip
         return select(func.json_group_object(per_session.c.id, per_session.c.n)).scalar_subquery()
 
-    survey = select(tally(sessions.c.session_id, sessions), *(tally(d.owner, d.rows()) for d in plan.dependents))
+    # The schema version comes with the survey, so the tables the plan was built from are
+    # checked without a statement of their own.
+    version = select(func.pragma_schema_version().table_valued("schema_version").c.schema_version).scalar_subquery()
+    survey = select(version, tally(sessions.c.session_id, sessions), *(tally(d.owner, d.rows()) for d in plan.dependents))
     deletes = [d.delete_owned_by(ids) for d in plan.dependents]
     deletes.append(delete(sessions).where(sessions.c.session_id.in_(ids)))
     compiled = [statement.compile(dialect=dialect) for statement in [survey, *deletes]]
     return tuple((c.string, tuple(int(name.rpartition("_")[2]) for name in c.positiontup)) for c in compiled)
 
 
-def _erase_sqlite(conn: Connection, plan: _Plan, ids: list[str]) -> dict[str, ErasedRows]:
-    survey, *deletes = _sqlite_statements(plan, len(ids), conn.dialect)
-    found, *tallies = (json.loads(value) for value in _run(conn, survey, ids).one())
+def _erase_sqlite(conn: Connection, database: Database, candidates: tuple[TableRef, ...], ids: list[str]):
+    present = database.cached(candidates)
+    for _look in range(2):  # the second look is up to date: the write lock is held
+        if present is None or candidates[0] not in present:
+            present = database.existing(conn, candidates)  # asks the database
+            if candidates[0] not in present:
+                return {}  # no sessions table yet: no such session
+        plan = _plan(candidates, frozenset(present))
+        version, *values = _run(conn, _sqlite_statements(plan, len(ids), conn.dialect)[0], ids).one()
+        if version == database.schema_version:
+            break
+        present = None  # a table came or went since it was last looked at
+    else:
+        raise RuntimeError("the schema changed under the write lock")
+    found, *tallies = (json.loads(value) for value in values)
     # hex() of SQLite text is its UTF-8 bytes, NUL included, so any id survives the trip.
     present = [(session_id, key) for session_id in ids if (key := session_id.encode().hex().upper()) in found]
     if not present:
@@ -283,13 +269,9 @@ def _postgresql_survey(sessions_ref: TableRef, unknown: tuple[TableRef, ...]):
 
 @lru_cache(maxsize=256)
 def _postgresql_erase(plan: _Plan):
-    """One round trip: every delete as a data-modifying CTE, each returning the session
-    ids of the rows it took, for exact per-session counts.
-
-    The locks are taken by the survey, before this statement starts, so its snapshot
-    sees every row committed under those sessions up to then, as separate statements
-    would.
-    """
+    """One round trip: every delete as a data-modifying CTE returning the session ids of
+    the rows it took. The survey took the locks first, so this statement's snapshot sees
+    every row committed under those sessions, as separate statements would."""
     sessions = plan.sessions
     gone = delete(sessions).where(sessions.c.session_id == any_(_ID_ARRAY)).returning(sessions.c.session_id)
     ctes = [statement.cte(f"d{position}") for position, statement in enumerate(

@@ -19,7 +19,7 @@ class TargetError(Exception):
 
 
 class DatabaseRequired(TargetError):
-    status = 400
+    """Several databases, or a table, and no db_id."""
 
 
 class UnknownDatabase(TargetError):
@@ -38,15 +38,8 @@ class Target:
 
 
 class Storage:
-    def __init__(
-        self,
-        databases: tuple[DatabaseSettings, ...],
-        *,
-        busy_timeout_ms: int = 5000,
-        erase_traces: bool = False,
-        audit_table: str | None = None,
-        group_commit: bool = True,
-    ):
+    def __init__(self, databases: tuple[DatabaseSettings, ...], *, busy_timeout_ms: int = 5000,
+                 erase_traces: bool = False, audit_table: str | None = None, group_commit: bool = True):  # fmt: skip
         self.audit_table = audit_table
         self.databases = {db.id: Database(db, busy_timeout_ms=busy_timeout_ms) for db in databases}
 

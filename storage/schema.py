@@ -1,25 +1,12 @@
-"""Agno's table layout, as far as this service needs it.
-
-Two uses: creating the sessions and runs tables of a fresh database in Agno 3.x's
-layout (so a new install works before any agent has written), and naming the tables
-and columns an erase touches. Column names and index names follow Agno 3.x
-(``agno/db/*/schemas.py``) so Agno can later write to tables created here.
-"""
+"""Agno's table layout, as far as this service needs it: the tables an erase touches, and the
+sessions and runs tables a fresh database is given, named and indexed as Agno 3.x's
+(``agno/db/*/schemas.py``) so Agno can later write to them."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sqlalchemy import (
-    JSON,
-    BigInteger,
-    Column,
-    ForeignKey,
-    Index,
-    MetaData,
-    String,
-    Table,
-)
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, MetaData, String, Table
 from sqlalchemy.dialects.postgresql import JSONB
 
 from storage.config import DatabaseSettings, SessionTable

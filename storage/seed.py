@@ -1,10 +1,9 @@
-"""Demo and benchmark data in Agno 3.x's layout, written through the same engines as the erase."""
+"""Demo sessions in Agno 3.x's layout, written through the same engines as the erase."""
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Iterator
 
 from sqlalchemy import insert
 
@@ -22,69 +21,46 @@ def _message_text(size: int, turn: int) -> str:
 
 def _session_row(session_id: str, now: int) -> dict:
     return {
-        "session_id": session_id,
-        "session_type": "agent",
-        "agent_id": "demo-agent",
-        "user_id": "demo-user",
+        "session_id": session_id, "session_type": "agent", "agent_id": "demo-agent", "user_id": "demo-user",
         "session_data": {"session_name": f"Demo {session_id[:8]}", "session_state": {"cart": []}},
         "agent_data": {"name": "Demo Agent", "model": {"provider": "demo", "id": "demo-model"}},
         "metadata": {"source": "agentos-sessions seed"},
         "summary": {"summary": "The user asked about an order; the agent helped."},
-        "created_at": now,
-        "updated_at": now,
-    }
+        "created_at": now, "updated_at": now,
+    }  # fmt: skip
 
 
 def _run_row(session_id: str, index: int, now: int, run_bytes: int) -> dict:
     run_id = str(uuid.uuid4())
+    messages = [
+        {"role": "user", "content": _message_text(run_bytes // 2, index)},
+        {"role": "assistant", "content": _message_text(run_bytes - run_bytes // 2, index)},
+    ]
     return {
-        "run_id": run_id,
-        "session_id": session_id,
-        "run_type": "agent",
-        "agent_id": "demo-agent",
-        "user_id": "demo-user",
-        "status": "COMPLETED",
-        "run_index": index,
-        "run_data": {
-            "run_id": run_id,
-            "session_id": session_id,
-            "status": "COMPLETED",
-            "messages": [
-                {"role": "user", "content": _message_text(run_bytes // 2, index)},
-                {"role": "assistant", "content": _message_text(run_bytes - run_bytes // 2, index)},
-            ],
-        },
-        "created_at": now,
-        "updated_at": now,
-    }
-
-
-def _chunks(ids: list[str], size: int) -> Iterator[list[str]]:
-    for start in range(0, len(ids), size):
-        yield ids[start : start + size]
+        "run_id": run_id, "session_id": session_id, "run_type": "agent", "agent_id": "demo-agent",
+        "user_id": "demo-user", "status": "COMPLETED", "run_index": index,
+        "run_data": {"run_id": run_id, "session_id": session_id, "status": "COMPLETED", "messages": messages},
+        "created_at": now, "updated_at": now,
+    }  # fmt: skip
 
 
 def seed_sessions(
-    database: Database,
-    session_table: SessionTable,
-    *,
-    count: int,
-    runs_per_session: int = 3,
-    run_bytes: int = 2048,
-    session_ids: list[str] | None = None,
+    database: Database, session_table: SessionTable, *, count: int, runs_per_session: int = 3, run_bytes: int = 2048
 ) -> list[str]:
     """Insert ``count`` sessions with their runs, in batches, and return their ids."""
     database.create_missing_tables()
     sessions, runs = layout(database.settings, session_table)
-    ids = session_ids or [str(uuid.uuid4()) for _ in range(count)]
+    ids = [str(uuid.uuid4()) for _ in range(count)]
     now = int(time.time())
-    for batch in _chunks(ids, max(1, _BATCH // max(1, runs_per_session))):
+    per_batch = max(1, _BATCH // max(1, runs_per_session))
+    for start in range(0, len(ids), per_batch):
+        batch = ids[start : start + per_batch]
 
         def write(conn, batch=batch):
             conn.execute(insert(sessions), [_session_row(sid, now) for sid in batch])
             run_rows = [_run_row(sid, i, now, run_bytes) for sid in batch for i in range(runs_per_session)]
-            for rows in _chunks(run_rows, _BATCH):
-                conn.execute(insert(runs), rows)
+            if run_rows:
+                conn.execute(insert(runs), run_rows)
 
         database.write(write)
     return ids

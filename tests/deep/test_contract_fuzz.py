@@ -22,17 +22,11 @@ import uuid
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
-from hypothesis.stateful import (
-    Bundle,
-    RuleBasedStateMachine,
-    invariant,
-    rule,
-    run_state_machine_as_test,
-)
+from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, run_state_machine_as_test
 from schemathesis.auths import AuthContext, set_on_case
 from schemathesis.generation import GenerationMode
 
-from agentos_sessions.conformance import TOKEN_ENV, config_path, run_schemathesis
+from agentos_sessions.check import TOKEN_ENV, config_path, run_schemathesis
 from agentos_sessions.contract import contract_path
 from storage import Database
 from tests.support import KEY, AgnoData, LiveServer, database_toml
