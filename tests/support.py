@@ -4,9 +4,9 @@ data, a live server, load drivers and fault injection for the proof-under-fire s
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import itertools
 import os
+import random
 import resource
 import signal
 import socket
@@ -331,26 +331,27 @@ def conversation_gone(data: AgnoData, session_id: str) -> bool:
     return all(counts[kind] == 0 for kind in CONVERSATION_KINDS if kind in counts)
 
 
-@contextmanager
-def writers_lock_held(database: Database):
-    """Hold the SQLite writers' lock as another worker's writer would, until the block
-    ends: this worker's next batch waits at the lock."""
-    other_worker = os.open(database.group_commit._lock_path, os.O_RDWR | os.O_CREAT)
-    fcntl.flock(other_worker, fcntl.LOCK_EX)
-    try:
-        yield
-    finally:
-        fcntl.flock(other_worker, fcntl.LOCK_UN)
-        os.close(other_worker)
-
-
 # --- a live server
 
 
+# Below Linux's ephemeral range (32768 and up), so no client socket takes a port between
+# the probe and the server's bind; each pytest-xdist worker draws from a slice of its own,
+# so no two workers' servers are ever given the same one.
+_PORTS = range(20000, 32768)
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    width = len(_PORTS) // workers
+    while True:
+        port = random.randrange(_PORTS.start + index * width, _PORTS.start + (index + 1) * width)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def database_toml(settings) -> str:
@@ -440,9 +441,10 @@ class LiveServer:
 class ThreadedServer:
     """An ASGI app under uvicorn in this process, on a free loopback port."""
 
-    def __init__(self, app):
+    def __init__(self, app, **config):
+        """``config``: more of uvicorn's settings (``http``, ...)."""
         self.port = free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning", **config))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self) -> str:

@@ -6,14 +6,7 @@ from __future__ import annotations
 import pytest
 
 from agentos_sessions.settings import SessionTable
-from tests.support import (
-    AUTH,
-    CONVERSATION_KINDS,
-    KEY,
-    AgnoData,
-    assert_spec_error,
-    refuse_compaction_deletes,
-)
+from tests.support import AUTH, CONVERSATION_KINDS, KEY, AgnoData, assert_spec_error, refuse_compaction_deletes
 
 pytestmark = pytest.mark.usefixtures("backend")
 

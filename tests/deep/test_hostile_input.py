@@ -37,15 +37,7 @@ from sqlalchemy import select as sql_select
 
 from agentos_sessions.http import MAX_HEAD_BYTES, MAX_TARGET_BYTES
 from storage import Database
-from tests.support import (
-    AUTH,
-    KEY,
-    AgnoData,
-    LiveServer,
-    assert_spec_error,
-    database_toml,
-    require_root,
-)
+from tests.support import AUTH, KEY, AgnoData, LiveServer, assert_spec_error, database_toml, require_root
 
 pytestmark = pytest.mark.live
 
