@@ -25,6 +25,7 @@ def best_ceilings(results: list) -> dict:
 def render(meta: dict, results: list, out: Path) -> str:
     first_round = [r for r in results if r.round == 1]
     ours = [r for r in first_round if r.kind == "ours"]
+    baseline = {(r.backend, r.workers): r for r in first_round if r.kind == "baseline" and r.nominal_sessions}
     asgi = {(r.backend, r.workers): r for r in first_round if r.kind == "asgi"}
     storage = best_ceilings(first_round)
     lines = [
@@ -35,17 +36,19 @@ def render(meta: dict, results: list, out: Path) -> str:
         "Main comparison (3 runs per session, ~2 KiB JSON each):",
         "",
         "| backend | workers | sessions | ours req/s | ASGI ceiling | storage ceiling | ours/ASGI | ours/storage "
-        "| p50 ms | p99 ms | p99.9 ms | errors | CPU ms/req | peak RSS/worker MB | verified |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| ours/baseline | p50 ms | p99 ms | p99.9 ms | errors | CPU ms/req | peak RSS/worker MB | verified |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     main_size = meta.get("main_sessions", 100_000)
     for r in ours:
         if r.runs_per_session != 3 or (r.backend, r.workers) not in asgi or r.nominal_sessions != main_size:
             continue
         a, s = asgi[(r.backend, r.workers)], storage.get((r.backend, r.nominal_sessions, 3))
+        b = baseline.get((r.backend, r.workers))
         lines.append(
             f"| {r.backend} | {r.workers} | {r.table_sessions:,} | {r.rps:,.0f} | {a.rps:,.0f} | {_fmt(s and s.rps)} "
-            f"| {r.rps / a.rps:.2f} | {_fmt(s and r.rps / s.rps, '.2f')} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
+            f"| {r.rps / a.rps:.2f} | {_fmt(s and r.rps / s.rps, '.2f')} | {_fmt(b and r.rps / b.rps, '.2f')} "
+            f"| {r.p50_ms:.2f} | {r.p99_ms:.2f} "
             f"| {r.p999_ms:.2f} | {r.errors} | {_fmt(r.cpu_ms_per_request, '.2f')} | {_fmt(r.peak_rss_mb, '.0f')} "
             f"| {r.verified} |"
         )
@@ -90,26 +93,32 @@ def paired_rounds(meta: dict, results: list) -> list[str]:
         return []
     lines = [
         "",
-        f"Paired rounds at the main point ({workers} workers): ours, then the storage ceiling right after; "
-        "round 1 is the main comparison's pair.",
+        f"Paired rounds at the main point ({workers} workers): the baseline (if measured), ours, then the "
+        "storage ceiling right after; round 1 is the main comparison's.",
         "",
-        "| backend | round | ours req/s | storage ceiling | ours/storage | p99 ms | verified |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| backend | round | baseline req/s | ours req/s | storage ceiling | ours/baseline | ours/storage | p99 ms "
+        "| verified |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for backend in sorted({backend for backend, _round in rounds}):
-        ratios = []
+        ratios, against_baseline = [], []
         for round_ in sorted(round_ for b, round_ in rounds if b == backend):
             this = [r for r in at_main if r.backend == backend and r.round == round_]
             ours = next((r for r in this if r.kind == "ours" and r.workers == workers), None)
+            base = next((r for r in this if r.kind == "baseline" and r.workers == workers), None)
             ceiling = best_ceilings(this).get((backend, main_size, 3))
             if ours is None or ceiling is None:
                 continue
             ratios.append(ours.rps / ceiling.rps)
+            if base is not None:
+                against_baseline.append(ours.rps / base.rps)
             verified = "ok" if ours.verified == ceiling.verified == "ok" else f"{ours.verified} / {ceiling.verified}"
-            lines.append(f"| {backend} | {round_} | {ours.rps:,.0f} | {ceiling.rps:,.0f} | {ratios[-1]:.2f} "
-                         f"| {ours.p99_ms:.2f} | {verified} |")
+            lines.append(f"| {backend} | {round_} | {_fmt(base and base.rps)} | {ours.rps:,.0f} | {ceiling.rps:,.0f} "
+                         f"| {_fmt(base and ours.rps / base.rps, '.2f')} | {ratios[-1]:.2f} | {ours.p99_ms:.2f} "
+                         f"| {verified} |")
         if ratios:
-            lines.append(f"| {backend} | **median** | | | **{median(ratios):.2f}** | | |")
+            paired = f"**{median(against_baseline):.2f}**" if against_baseline else ""
+            lines.append(f"| {backend} | **median** | | | | {paired} | **{median(ratios):.2f}** | | |")
     return lines
 
 

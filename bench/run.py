@@ -61,7 +61,7 @@ PROFILES = {
 
 @dataclass
 class Result:
-    kind: str  # ours | asgi | storage
+    kind: str  # ours | baseline (ours from another checkout) | asgi | storage
     backend: str
     workers: int
     table_sessions: int  # sessions in the table when the load started
@@ -317,14 +317,18 @@ class Bench:
         result.detail = {"wrk_errors": out["errors"], "bad_statuses": [t["bad"] for t in out["threads"] if t["bad"]]}
 
     def ours(self, backend: str, size: int, workers: int, runs: int = 3, count: int | None = None,
-             round_: int = 1) -> Result:
+             round_: int = 1, baseline: str | None = None) -> Result:
+        """Our server under load; with ``baseline``, the server of that checkout instead."""
         url = self.prepare(backend, size if runs == 3 else self.profile.main_size)
         count = count or self.targets_for(size)
         warm = self.add_targets(url, CONNECTIONS * 10, runs) if runs == 3 else []
         ids = self.add_targets(url, count, runs)
         table_sessions = self.filler[url] + count + len(warm)
-        log(f"ours: {backend} {workers}w table={table_sessions:,} runs={runs}")
+        kind = "baseline" if baseline else "ours"
+        log(f"{kind}: {backend} {workers}w table={table_sessions:,} runs={runs}")
         env = {**self.server_env, "AGENTOS_SESSIONS_DB_URL": url, "OS_SECURITY_KEY": self.token}
+        if baseline:
+            env["PYTHONPATH"] = baseline
         port = free_port()
         command = [sys.executable, "-m", "agentos_sessions.cli", "serve", "--workers", str(workers),
                    "--no-access-log", "--port", str(port), "--log-level", "warning"]
@@ -332,10 +336,10 @@ class Bench:
         timeout = 120 if runs >= 1000 else 10
         try:
             server.wait_ready()
-            out, loads, cpu, rss = self._load(server, ids, "ours", timeout, warm)
+            out, loads, cpu, rss = self._load(server, ids, kind, timeout, warm)
         finally:
             server.stop()
-        result = Result("ours", backend, workers, table_sessions, runs, size if runs == 3 else self.profile.main_size,
+        result = Result(kind, backend, workers, table_sessions, runs, size if runs == 3 else self.profile.main_size,
                         round=round_)
         self._fill(result, out, cpu, rss)
         result.detail["event_loop_cpu_share"] = self.event_loop_share
@@ -453,6 +457,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, help="override the profile's seconds of load per measurement")
     parser.add_argument("--profile", metavar="DIR", help="record py-spy collapsed stacks of our workers into DIR")
     parser.add_argument("--only", choices=["ours", "main"], help="ours: only our server (no ceilings), main comparison only")
+    parser.add_argument("--baseline", metavar="DIR",
+                        help="also measure the server of another checkout (e.g. a git worktree of main), right "
+                        "before ours at every main-point measurement, for ours/baseline pairs")
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="extra environment for our server (e.g. a setting under test)")
     args = parser.parse_args(argv)
@@ -477,12 +484,16 @@ def main(argv: list[str] | None = None) -> int:
         for workers in workers_list:
             if args.only != "ours":
                 bench.asgi(workers, backend)
+            if args.baseline:
+                bench.ours(backend, profile.main_size, workers, baseline=args.baseline)
             bench.ours(backend, profile.main_size, workers)
         if args.only != "ours":
             bench.best_storage(backend, profile.main_size)
             # The ratio the targets are judged by, measured again in pairs: one pair can
             # straddle a slow minute (the same PostgreSQL code gave 0.38x and 0.67x).
             for round_ in range(2, profile.pairs + 1):
+                if args.baseline:
+                    bench.ours(backend, profile.main_size, top, round_=round_, baseline=args.baseline)
                 bench.ours(backend, profile.main_size, top, round_=round_)
                 bench.best_storage(backend, profile.main_size, round_=round_)
     if not args.skip_growth and not args.only:
@@ -509,6 +520,7 @@ def main(argv: list[str] | None = None) -> int:
         "workers": top,
         "elapsed_s": round(time.monotonic() - started),
         "server_env": {k: v for k, v in (dict(item.split("=", 1) for item in args.env)).items()},
+        "baseline": args.baseline,
     }
     (out / "results.json").write_text(json.dumps({"meta": meta, "results": [asdict(r) for r in bench.results]}, indent=1))
     table = render(meta, bench.results, out)
