@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import json
 from http import HTTPStatus
+from urllib.parse import quote
 
 import h11
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -163,6 +164,8 @@ class RequestGuard:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        if not scope.get("raw_path"):  # optional in ASGI; uvicorn always sends it
+            scope = dict(scope, raw_path=quote(scope["path"]).encode())
         refused = _refused_head(scope)
         if refused is not None:
             raise refused

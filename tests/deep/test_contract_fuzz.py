@@ -1,7 +1,7 @@
 """Deep contract fuzzing: every schemathesis phase against the live server, then a
 stateful scenario of our own through the schemathesis Python API.
 
-Part of ``tox -e fuzz`` (marker ``deep``), not of the quick ``tests`` env. Each backend
+One of the deep suites (``tox -- tests/deep/test_contract_fuzz.py`` runs it alone). Each backend
 gets at least FUZZ_MIN_CASES generated cases with every check on, the shared
 ``schemathesis.toml`` and real session ids in the mix, and zero findings.
 
