@@ -46,6 +46,19 @@ def test_erased_text_is_overwritten_in_the_database_file_whatever_sqlites_build_
     assert marker not in path.read_bytes()
 
 
+@sqlite_only
+def test_a_write_connection_commits_durably_to_the_wal_and_overwrites_deleted_rows(make_database):
+    """A 204 is sent after COMMIT returns, so COMMIT must mean on disk (synchronous=FULL
+    in WAL mode fsyncs the WAL at every commit), and foreign keys must hold."""
+    conn = make_database().connect_for_writes()
+    try:
+        settings = {name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()
+                    for name in ("journal_mode", "synchronous", "secure_delete", "foreign_keys")}  # fmt: skip
+    finally:
+        conn.close()
+    assert settings == {"journal_mode": "wal", "synchronous": 2, "secure_delete": 1, "foreign_keys": 1}
+
+
 def test_ping_succeeds_on_a_database_that_can_take_a_write(make_database):
     make_database().ping()
 
