@@ -2,7 +2,6 @@
 
 import warnings
 
-# connexion 3.3 imports starlette.testclient at import time, which on Starlette 1.x warns
-# about httpx in every process that loads connexion (each uvicorn worker included); the
-# test client is never used when serving. Set here, before any module imports connexion.
+# connexion 3.3 imports starlette.testclient, which on Starlette 1.x warns about httpx in
+# every process (each worker too), though serving never uses it: silenced before import.
 warnings.filterwarnings("ignore", message="Using `httpx` with `starlette.testclient` is deprecated")

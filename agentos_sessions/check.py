@@ -1,11 +1,9 @@
 """``agentos-sessions check``: judge any server that claims this contract, and show why.
 
-The judging is the project's own live contract suite, also run by the live contract
-test: schemathesis with every check, configured by ``schemathesis.toml`` alone, plus,
-given disposable session ids, the scenario a client relies on (delete → 204, again →
-404, no key → 401). The report groups findings by check with one curl each, and shows
-which of the responses the contract declares were actually seen.
-"""
+The judging is the live contract test's suite: schemathesis with every check, set by
+``schemathesis.toml`` alone, plus, given disposable ids, the scenario a client relies on
+(delete → 204, again → 404, no key → 401). Findings are grouped by check with one curl
+each, with which of the responses the contract declares were seen."""
 
 from __future__ import annotations
 

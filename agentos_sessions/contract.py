@@ -1,9 +1,8 @@
 """The OpenAPI contract: the 3.1 document as published, and the 3.0 view Connexion can load.
 
-Connexion 3.3 validates specs against the 3.0 meta-schema and its parameter parsers
-expect one ``type`` per schema, so 3.1 (type lists, ``type: 'null'``, ``anyOf`` with a
-null branch) is refused at load or crashes at request time. Connexion gets an
-equivalent 3.0.3 view derived in memory; clients always get the original.
+Connexion 3.3 validates specs against the 3.0 meta-schema and its parsers expect one
+``type`` per schema, so 3.1 is refused at load or crashes at request time: Connexion
+gets an equivalent 3.0.3 view derived in memory; clients always get the original.
 """
 
 from __future__ import annotations
@@ -45,13 +44,9 @@ class Contract:
 
 
 def downgrade_to_openapi30(document: dict[str, Any]) -> dict[str, Any]:
-    """Return a 3.0.3 copy of a 3.1 document, with the same paths, operations and meaning.
-
-    Only what 3.0 cannot say is rewritten: nullability moves from the type to
-    ``nullable``, type lists become ``anyOf``, ``const`` becomes a one-value ``enum``,
-    ``examples`` lists become one ``example`` and numeric exclusive bounds become the
-    3.0 boolean form. The input is never modified.
-    """
+    """A 3.0.3 copy of a 3.1 document with the same meaning; only what 3.0 cannot say is
+    rewritten (``null`` types to ``nullable``, type lists to ``anyOf``, ``const`` to
+    ``enum``, ``examples`` to ``example``, numeric exclusive bounds to booleans)."""
     converted = copy.deepcopy(document)
     if str(converted.get("openapi", "")).startswith("3.1"):
         converted["openapi"] = "3.0.3"

@@ -1,8 +1,7 @@
 """One renderer for every error the service answers.
 
-Connexion's own problems (401, 400, 404, 405, 415, ...), Starlette's HTTP errors, the
-handlers' ``ApiError`` and anything unexpected all leave through ``render_error`` as the
-contract's ``{detail, error_code}``; the fast lane and the HTTP guard raise into it too.
+Connexion's problems, Starlette's HTTP errors, ``ApiError`` (raised by the handlers, the
+fast lane and the HTTP guard) and anything unexpected leave as ``{detail, error_code}``.
 """
 
 from __future__ import annotations

@@ -1,17 +1,14 @@
 """The fast lane: plain delete requests answered without Connexion's generic per-request work,
 which costs more CPU than SQLite spends erasing a session (``bench/README.md``).
 
-It takes only what Connexion would certainly route to the operation and let through
-security and validation unchanged: ``DELETE <prefix>/<id>`` with an id of unreserved
-URL characters (nothing to decode), the operation's own query parameters at most once
-each with unreserved values, exactly one ``Authorization: Bearer <key>``, and no body.
-Anything else, down to a lowercase ``bearer``, goes through Connexion. It calls the
-handler's own answer function, given at install, and its errors go to the same renderer.
-
-The route is compiled from the contract (one string path parameter, optional
-plain-string query parameters the answer function takes, no body, HTTP bearer); if the
-contract asks for more, there is no lane. ``tests/test_fast_lane.py`` sends the same
-requests with and without it and compares the answers byte for byte.
+It takes only what Connexion would certainly route to the operation and pass through
+security and validation: ``DELETE <prefix>/<id>`` with an unreserved id, the operation's
+own query parameters at most once each with unreserved values, exactly one
+``Authorization: Bearer <key>``, no body; anything else goes through Connexion. It calls
+the handler's answer function, given at install; errors go to the same renderer. The
+route is compiled from the contract (one string path parameter, optional string query
+parameters, no body, HTTP bearer), else there is no lane. ``tests/test_fast_lane.py``
+compares the answers with and without it byte for byte.
 """
 
 from __future__ import annotations
@@ -55,11 +52,8 @@ class Route:
 
     @classmethod
     def from_contract(cls, document: dict[str, Any], operation_id: str, answer: Answer) -> "Route | None":
-        """The operation's route, or None when it asks for more than the lane checks.
-
-        Query parameters must also be ones ``answer`` takes, so a parameter the contract
-        gains later can never be passed where nothing expects it.
-        """
+        """The operation's route, or None when it asks for more than the lane checks; its
+        query parameters must be ones ``answer`` takes, so a new one is never passed blindly."""
         handled = set(inspect.signature(answer).parameters) - {"storage", "session_id"}
         schemes = document.get("components", {}).get("securitySchemes", {})
         for template, path_item in document.get("paths", {}).items():

@@ -1,7 +1,7 @@
 """GET /health: does every configured database answer, within a bounded time?
 
-Each database is pinged on a daemon thread of its own, one at a time: a hung database
-costs one stuck thread, never blocks the thread pool, and never keeps the process up.
+Each database is pinged on a daemon thread of its own, one at a time: a hung one costs
+one stuck thread, never the thread pool, and never keeps the process up.
 """
 
 from __future__ import annotations

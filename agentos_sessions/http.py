@@ -1,17 +1,14 @@
 """What HTTP the service accepts, before any operation runs.
 
-- ``BoundedH11Protocol``, the one adapter on a dependency's internals: uvicorn's h11
-  protocol (chosen through uvicorn's public ``http`` setting) with bounds on the time
-  and size of a request head still arriving, which uvicorn lacks, and the contract's
-  JSON body on the refusals it gives. ``tests/test_http.py`` fails loudly if a uvicorn
-  release changes what it relies on.
-- ``RequestGuard``, ASGI middleware in front of routing, for what a parsed head is
-  refused for: a fragment (``#``), a target or head over the same limits (so a refusal
-  does not depend on how the bytes were split), a version other than HTTP/1.x, both
-  ``Content-Length`` and ``Transfer-Encoding``, a trailing slash (no route has one, and
+- ``BoundedH11Protocol``, the one adapter on a dependency's internals (uvicorn's h11
+  protocol, chosen through its public ``http`` setting): bounds on the time and size of
+  a head still arriving, which uvicorn lacks, and JSON refusals. ``tests/test_http.py``
+  fails loudly if a uvicorn release changes what it relies on.
+- ``RequestGuard``, ASGI middleware before routing, refuses a parsed head for a ``#``,
+  the same size limits (so no answer depends on how the bytes were split), a version
+  but HTTP/1.x, ``Content-Length`` with ``Transfer-Encoding``, a trailing slash (which
   Starlette would redirect, built from Host). It reads a declared body before anything
-  runs, so an unreadable body refuses the request instead of following its answer, and
-  routes on the path as sent.
+  runs, so a bad body refuses the request rather than follow it, and routes as sent.
 """
 
 from __future__ import annotations
@@ -117,9 +114,8 @@ class BoundedH11Protocol(H11Protocol):
         if not self.transport.can_write_eof():
             self.transport.close()
             return
-        # A lingering close, as nginx does: closing with unread input makes the kernel
-        # reset the connection, which can destroy the refusal before the client reads it.
-        # So only the sending side is shut; the client's EOF, or the linger, closes it.
+        # A lingering close, as nginx does: closing with unread input resets the connection,
+        # which can destroy the refusal unread; so only our side is shut until EOF or linger.
         self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 

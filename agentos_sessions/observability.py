@@ -1,9 +1,8 @@
 """What operators see of every request: its id, its metrics and, for deletes, its audit line.
 
-One middleware outside Connexion's exception handling sees every response, errors too:
-it stamps ``X-Request-ID``, times and counts the request, and writes a delete's audit
-line. Connexion hands inner layers a copy of the scope, so routing's decision and what
-the handler resolved and erased reach it through the request's ``RequestRecord``.
+One middleware outside Connexion's exception handling sees every response, errors too.
+Inner layers get a copy of the scope, so what routing and the handler found reaches it
+through the request's ``RequestRecord``.
 """
 
 from __future__ import annotations
@@ -86,9 +85,8 @@ class Metrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
     def _child(self, metric, *labels: str):
-        # prometheus_client validates and locks on every labels() call, a third of this
-        # method's cost; every label here is bounded (operations, statuses, configured
-        # database ids, kinds), so the children are kept.
+        # prometheus_client validates and locks on every labels() call; every label here is
+        # bounded (operations, statuses, configured database ids, kinds), so children are kept.
         key = (metric, labels)
         child = self._children.get(key)
         if child is None:
@@ -143,9 +141,8 @@ class RoutingObserver:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         record = current_record.get()
         if record is not None and scope["type"] == "http":
-            # Taken before going on: security may refuse the request right below. The
-            # path is routed as sent; the handler decodes the id strictly, this only
-            # names it in the audit line.
+            # Taken before security may refuse the request below; the id, routed as sent, is
+            # only named in the audit line here (the handler decodes it strictly).
             record.operation = operation_of(scope) or record.operation
             session_id = scope.get("path_params", {}).get("session_id")
             record.session_id = unquote(session_id) if session_id is not None else None

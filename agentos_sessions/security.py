@@ -31,11 +31,8 @@ def token_matches(token: str, key: str) -> bool:
 
 
 def bearer_token(headers) -> tuple[str | None, str | None]:
-    """(scheme, token) from the one Authorization header, or (None, None) without one.
-
-    Stricter than Connexion's own reading: one header, exactly "<scheme> <token>"
-    (scheme case-insensitive, per RFC 7235, and one space).
-    """
+    """(scheme, token) from the one Authorization header, or (None, None): stricter than
+    Connexion, exactly "<scheme> <token>" with one space (scheme case-insensitive, RFC 7235)."""
     values = headers.getlist("Authorization")
     if not values:
         return None, None

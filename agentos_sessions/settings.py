@@ -1,8 +1,7 @@
 """Typed settings, read once from environment variables and an optional TOML file.
 
-Precedence: explicit environment variables override the file, the file overrides
-defaults. Each scalar setting ``name`` is the TOML key ``name`` and the variable
-``AGENTOS_SESSIONS_<NAME>``. Every setting is documented in README.md
+Environment variables override the file, the file the defaults. Each scalar setting is
+the TOML key ``name`` and the variable ``AGENTOS_SESSIONS_<NAME>``, in README.md
 (tests/test_docs.py keeps it so).
 """
 

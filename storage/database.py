@@ -32,6 +32,21 @@ _sqlite_master = table("sqlite_master", column("type"), column("name"))
 _pg_tables = table("pg_tables", column("schemaname"), column("tablename"), schema="pg_catalog")
 
 
+# The courtesy is long enough for a waiting writer thread to wake and get its GIL back.
+_TURN_POLL_S, _TURN_COURTESY_S = 0.0005, 0.05
+
+
+def _try_lockf(fd: int, kind: int, keep: bool = True) -> bool:
+    """A record lock on byte 1 (which flock does not see), if no other process holds one."""
+    try:
+        fcntl.lockf(fd, kind | fcntl.LOCK_NB, 1, 1)
+    except OSError:  # EAGAIN or EACCES
+        return False
+    if not keep:
+        fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
+    return True
+
+
 class WritersTurnTimeout(Exception):
     """The writers' lock file stayed held past the busy timeout; nothing was written."""
 
@@ -53,14 +68,15 @@ def cannot_write(exc: BaseException) -> bool:
 
 
 class WritersTurn:
-    """On a SQLite file, this service's writers (every worker's) take turns on a lock file
-    beside it: SQLite's busy handler sleeps 1, 2, 5, 10 ... ms between tries, so writers
-    fighting for the write lock mostly sleep, where this one polls every few hundred
-    microseconds. Anyone else still meets SQLite's lock and busy timeout.
+    """On a SQLite file, every worker's writer takes turns on a lock file beside it:
+    SQLite's busy handler sleeps 1, 2, 5, 10 ... ms between tries, so writers fighting
+    for the write lock mostly sleep, where this polls every 0.5 ms at most. The file is
+    opened without following a symlink and created 0600; one not a regular file of ours
+    (another user may plant and hold it) is not used. No wait exceeds the busy timeout.
 
-    The file is opened without following a symlink and created 0600; one that is not a
-    regular file of ours (another local user may plant and hold it) is not used, with
-    one warning. No turn is waited for longer than the busy timeout.
+    Turns are fair: a waiter holds a record lock on byte 1, and a writer with more to do
+    lets it go first, else it would take the turn again before the waiter's next poll,
+    batch after batch, until the waiter timed out.
     """
 
     def __init__(self, path: str, timeout_s: float):
@@ -93,17 +109,25 @@ class WritersTurn:
         deadline = time.monotonic() + timeout_s
         if not self._in_process.acquire(timeout=timeout_s):
             return False
-        fd, delay = self._descriptor(), 0.0001
+        fd, delay, waiting = self._descriptor(), 0.0001, False
+        courtesy_ends = min(deadline, time.monotonic() + _TURN_COURTESY_S)
+        while fd is not None and not _try_lockf(fd, fcntl.LOCK_EX, keep=False) and time.monotonic() < courtesy_ends:
+            time.sleep(_TURN_POLL_S)  # another process waits: until it has taken the turn
         while fd is not None:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
                 break
             except BlockingIOError:
+                # Never blocks: a record lock another process holds only delays this mark.
+                waiting = waiting or _try_lockf(fd, fcntl.LOCK_SH)
                 if time.monotonic() >= deadline:
+                    fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
                     self._in_process.release()
                     return False
                 time.sleep(delay)
-                delay = min(delay * 2, 0.001)
+                delay = min(delay * 2, _TURN_POLL_S)
+        if waiting:
+            fcntl.lockf(fd, fcntl.LOCK_UN, 1, 1)
         return True
 
     def release(self) -> None:
@@ -241,12 +265,9 @@ class Database:
             conn.execute(text("SELECT 1"))
 
     def truncate_wal(self) -> bool:
-        """Copy the whole SQLite WAL into the database and cut it to nothing, without
-        waiting; False if a reader or another writer kept it from that.
-
-        Why: an erase overwrites the conversation in the database file (``secure_delete``),
-        but the WAL keeps the pages Agno wrote it into for as long as the database is open.
-        """
+        """Copy the SQLite WAL into the database and cut it to nothing, without waiting; False
+        if a reader or writer kept it from that. The erase overwrites the conversation in
+        the file (``secure_delete``), but the WAL keeps Agno's pages while the file is open."""
         if self.turn is not None and not self.turn.acquire(0):
             return False
         raw = self.engine.raw_connection()
@@ -298,9 +319,8 @@ def sqlite_pragmas(busy_timeout_ms: int) -> tuple[str, ...]:
 def _make_engine(url: str, busy_timeout_ms: int) -> Engine:
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        # pool_pre_ping lets a server that was restarted be used again without a restart
-        # here; lock_timeout bounds a wait for rows another transaction holds, as SQLite's
-        # busy timeout does.
+        # pool_pre_ping picks up a restarted server; lock_timeout bounds a wait for rows
+        # another transaction holds, as SQLite's busy timeout does.
         return create_engine(
             parsed,
             pool_pre_ping=True,

@@ -1,10 +1,9 @@
 """The erase: sessions and everything Agno keeps under their ids, in the caller's transaction.
 
 One shape serves one erase and a batch: the sessions that exist are found first (locked
-on PostgreSQL; SQLite's write lock is held already), then only their rows are deleted.
-So an erase that finds nothing changes nothing, orphans with its id included, and an id
-asked twice in a batch is found by its first erase only, as serial transactions answer.
-"""
+on PostgreSQL; SQLite's write lock is held already), then only their rows deleted. So
+an erase that finds nothing changes nothing, orphans with its id included, and an id
+asked twice in a batch is found by its first ask only, as serial transactions answer."""
 
 from __future__ import annotations
 
@@ -40,6 +39,11 @@ from storage.schema import COMPACTIONS_TABLE, PAYLOAD_TABLE, TOOL_RESULTS_TABLE,
 _pg_tables = Table("pg_tables", MetaData(schema="pg_catalog"), Column("schemaname", String), Column("tablename", String))
 
 
+# A SQLite erase holds the file's one write lock, which other workers and Agno wait for
+# (at most their busy timeout): so up to this many rows, half a second on a small machine.
+MAX_ROWS_PER_TRANSACTION = 10_000
+
+
 @dataclass(frozen=True)
 class EraseRequest:
     session_table: SessionTable
@@ -63,19 +67,25 @@ def erase_session(database: Database, session_table: SessionTable, session_id: s
 
 def erase_batch(conn: Connection, database: Database, requests: Sequence[EraseRequest], erase_traces: bool = False,
                 audit_table: str | None = None) -> list[ErasedRows | None]:  # fmt: skip
-    """Each request's rows erased, or None for a session that does not exist, in order.
-
-    Consecutive requests for one sessions table share the statements; with an audit
-    table, each erasure also gets its row here, before the transaction commits.
-    """
+    """Each request's rows erased, or None for no such session, in order, for requests up
+    to ``MAX_ROWS_PER_TRANSACTION`` rows (the first whatever its size); the rest are left
+    for another transaction. Requests for one sessions table share the statements; with
+    an audit table, each erasure gets its row here, before the commit."""
     outcomes: list[ErasedRows | None] = []
+    rows_left = MAX_ROWS_PER_TRANSACTION
     for session_table, run in groupby(requests, key=lambda request: request.session_table):
         run = list(run)
         # PostgreSQL text cannot hold NUL, so no such session can exist there.
         ids = [r.session_id for r in run if database.dialect != "postgresql" or "\x00" not in r.session_id]
-        erased = _erase_ids(conn, database, session_table, list(dict.fromkeys(ids)), erase_traces) if ids else {}
+        erased, deferred = (
+            _erase_ids(conn, database, session_table, list(dict.fromkeys(ids)), erase_traces, rows_left, not outcomes)
+            if ids else ({}, set())
+        )  # fmt: skip
+        rows_left -= sum(sum(rows.counts.values()) for rows in erased.values())
         audited = []
         for request in run:
+            if request.session_id in deferred:
+                break
             rows = erased.pop(request.session_id, None)  # asked again: this batch already took it
             outcomes.append(rows)
             if rows is not None and audit_table and request.audit is not None:
@@ -86,6 +96,8 @@ def erase_batch(conn: Connection, database: Database, requests: Sequence[EraseRe
                 })  # fmt: skip
         if audited:
             record_erasures(conn, database.ref(audit_table), audited)
+        if deferred:
+            break
     return outcomes
 
 
@@ -180,24 +192,21 @@ def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> _Pl
     return _Plan(sessions, tuple(dependents))
 
 
-def _erase_ids(
-    conn: Connection, database: Database, session_table: SessionTable, ids: list[str], erase_traces: bool
-) -> dict[str, ErasedRows]:
+def _erase_ids(conn: Connection, database: Database, session_table: SessionTable, ids: list[str], erase_traces: bool,
+               rows_left: int, take_first: bool) -> tuple[dict[str, ErasedRows], set[str]]:  # fmt: skip
+    """The sessions erased, and those left for another transaction."""
     candidates = _candidates(database, session_table, erase_traces)
     if database.dialect == "postgresql":
-        return _erase_postgresql(conn, database, candidates, ids)
-    return _erase_sqlite(conn, database, candidates, ids)
+        return _erase_postgresql(conn, database, candidates, ids), set()
+    return _erase_sqlite(conn, database, candidates, ids, rows_left, take_first)
 
 
 @lru_cache(maxsize=4096)
 def _sqlite_statements(plan: _Plan, count: int, dialect) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """For ``count`` ids: a one-row survey (which sessions exist, each one's rows per kind),
-    then the deletes; compiled once, with the id each placeholder takes.
-
-    Why one row: sqlite3 lets go of the GIL for every row it steps through, and getting
-    it back from a busy event loop can take a switch interval. Why text: executing a
-    SQLAlchemy construct costs more Python per batch than SQLite spends deleting.
-    """
+    then the deletes, compiled once with the id each placeholder takes. One row, as
+    sqlite3 lets go of the GIL for every row, and getting it back from a busy event loop
+    can take a switch interval; text, as running a SQLAlchemy construct costs more."""
     ids = [bindparam(f"id_{position}") for position in range(count)]
     sessions = plan.sessions
 
@@ -218,13 +227,14 @@ def _sqlite_statements(plan: _Plan, count: int, dialect) -> tuple[tuple[str, tup
     return tuple((c.string, tuple(int(name.rpartition("_")[2]) for name in c.positiontup)) for c in compiled)
 
 
-def _erase_sqlite(conn: Connection, database: Database, candidates: tuple[TableRef, ...], ids: list[str]):
+def _erase_sqlite(conn: Connection, database: Database, candidates: tuple[TableRef, ...], ids: list[str],
+                  rows_left: int, take_first: bool):  # fmt: skip
     present = database.cached(candidates)
     for _look in range(2):  # the second look is up to date: the write lock is held
         if present is None or candidates[0] not in present:
             present = database.existing(conn, candidates)  # asks the database
             if candidates[0] not in present:
-                return {}  # no sessions table yet: no such session
+                return {}, set()  # no sessions table yet: no such session
         plan = _plan(candidates, frozenset(present))
         version, *values = _run(conn, _sqlite_statements(plan, len(ids), conn.dialect)[0], ids).one()
         if version == database.schema_version:
@@ -235,8 +245,15 @@ def _erase_sqlite(conn: Connection, database: Database, candidates: tuple[TableR
     found, *tallies = (json.loads(value) for value in values)
     # hex() of SQLite text is its UTF-8 bytes, NUL included, so any id survives the trip.
     present = [(session_id, key) for session_id in ids if (key := session_id.encode().hex().upper()) in found]
+    kept = 0
+    for _, key in present:
+        rows = 1 + sum(tally.get(key, 0) for tally in tallies)
+        if (kept or not take_first) and rows > rows_left:
+            break
+        kept, rows_left = kept + 1, rows_left - rows
+    present, deferred = present[:kept], {session_id for session_id, _ in present[kept:]}
     if not present:
-        return {}
+        return {}, deferred
     present_ids = [session_id for session_id, _ in present]
     for statement in _sqlite_statements(plan, len(present_ids), conn.dialect)[1:]:
         _run(conn, statement, present_ids)
@@ -244,7 +261,7 @@ def _erase_sqlite(conn: Connection, database: Database, candidates: tuple[TableR
     return {
         session_id: ErasedRows({**{kind: tally.get(key, 0) for kind, tally in zip(kinds, tallies)}, "sessions": 1})
         for session_id, key in present
-    }
+    }, deferred
 
 
 def _run(conn: Connection, statement: tuple[str, tuple[int, ...]], ids: list[str]):

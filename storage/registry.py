@@ -67,11 +67,8 @@ class Storage:
             database.dispose()
 
     def locate(self, db_id: str | None, table: str | None) -> Target:
-        """Pick the database and sessions table as AgentOS's ``get_db`` does.
-
-        Empty values count as absent. ``table`` is only ever compared with configured
-        names; whether that table exists is up to the erase.
-        """
+        """The database and sessions table, as AgentOS's ``get_db`` picks them: empty is
+        absent; ``table`` is compared with configured names, its existence left to the erase."""
         db_id = db_id or None
         table = table or None
         if db_id is None:

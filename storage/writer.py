@@ -1,22 +1,16 @@
 """Group commit: one writer thread per database commits what is waiting, together.
 
 In the shape of Datasette's ``execute_write_fn``: callers put work on one queue; one
-thread per database takes whatever is waiting (up to ``max_batch`` items), runs it in
-one transaction on its own connection, commits, and only then answers each caller on
-the caller's event loop.
+thread per database runs whatever is waiting (up to ``max_batch`` items) in one
+transaction on its own connection, commits, and only then answers each caller on its
+event loop. Why: a batch shares one BEGIN, WAL append and fsync, where erases committed
+one by one each pay for theirs and queue for the database's one write lock.
 
-Why: with one commit per erase, every erase pays for its own BEGIN, WAL append and
-fsync, and concurrent erases queue for the database's one write lock. Here a batch
-shares them, and every answer is still the one a transaction of its own would give:
-
-- ``run_batch`` answers each item as if it ran alone, in order (``storage/erase.py``);
-- nobody is answered before the COMMIT has returned, i.e. is durable;
-- if the batch fails, nothing of it is kept. When the database cannot take any write
-  (locked past the busy timeout, full, read-only, gone), every waiting item gets that
-  error at once, as each would alone after the same wait; otherwise (one session's rows
-  refused, a conflict, a dropped connection) each item runs again alone through
-  ``Database.write``, with its usual retries.
-"""
+Every answer is the one a transaction of its own would give (``storage/erase.py``), and
+nobody is answered before the COMMIT returned. If the batch fails, nothing of it is
+kept: when the database cannot take any write (locked past the busy timeout, full,
+read-only, gone), every waiting item gets that error at once, as each would alone;
+otherwise each runs again alone through ``Database.write``, with its usual retries."""
 
 from __future__ import annotations
 
@@ -37,17 +31,17 @@ from storage.database import Database, cannot_write
 
 W = TypeVar("W")
 R = TypeVar("R")
-# Answers each item of a batch, in order, as a transaction of its own would; an item
-# without effect (a session not found) is an answer, never an exception.
+# Answers a batch's items in order as transactions of their own would (a session not
+# found is an answer, not an exception); it may answer only the first (at least one) and
+# leave the rest for the next transaction.
 RunBatch = Callable[[Connection, list[W]], list[R]]
 Outcome = tuple[object, BaseException | None]
 
 logger = logging.getLogger("storage.writer")
 
 MAX_BATCH = 64
-# After a commit on a SQLite file, once no work has come for this long, the writer cuts
-# the WAL to nothing (``Database.truncate_wal``); if a reader or another writer keeps it
-# from that, it tries again after the second interval. Steady load never pays for it.
+# Once idle this long after a commit on a SQLite file, the writer cuts the WAL to nothing
+# (``Database.truncate_wal``), trying again after the second interval if kept from it.
 TRUNCATE_WAL_WHEN_IDLE_S = 0.2
 TRUNCATE_WAL_RETRY_S = 1.0
 
@@ -103,21 +97,24 @@ class Writer(Generic[W, R]):
             thread.join()
 
     def _run(self) -> None:
-        while not self._stopping:
-            try:
-                first = self._queue.get(timeout=self._until_wal_cut())
-            except queue.Empty:
-                self._cut_wal()
-                continue
-            if first is _STOP:
-                break
-            batch = [first]
+        batch: list[_Pending] = []  # what the last transaction left for the next
+        while batch or not self._stopping:
+            if not batch:
+                try:
+                    first = self._queue.get(timeout=self._until_wal_cut())
+                except queue.Empty:
+                    self._cut_wal()
+                    continue
+                if first is _STOP:
+                    break
+                batch = [first]
             try:
                 outcomes = self._commit(batch)
             except BaseException as exc:  # never leave a caller waiting forever
                 logger.exception("group commit failed unexpectedly")
                 outcomes = [(None, exc)] * len(batch)
-            _answer(batch, outcomes)
+            _answer(batch[: len(outcomes)], outcomes)
+            batch = batch[len(outcomes) :]
             if self.database.is_sqlite_file:
                 self._wal_cut_at = time.monotonic() + TRUNCATE_WAL_WHEN_IDLE_S
         if self._wal_cut_at is not None:
@@ -148,13 +145,11 @@ class Writer(Generic[W, R]):
                 values = self.run_batch(conn, [pending.work for pending in batch])
         except Exception as exc:
             if isinstance(exc, DBAPIError) and self._conn is not None:
-                # Dropped, so a server that went away costs one failed batch; SQLAlchemy
-                # has already invalidated it if the error was a disconnect.
+                # Dropped, so a server that went away costs one failed batch.
                 self._conn.close()
                 self._conn = None
             if cannot_write(exc) and not getattr(exc, "connection_invalidated", False):
-                # Whatever came while this batch waited would wait as long again: it
-                # gets the same answer now.
+                # What came while this batch waited would wait as long: the same answer now.
                 self._top_up(batch, limit=sys.maxsize)
                 return [(None, exc)] * len(batch)
             return self._each_alone([pending.work for pending in batch])
@@ -187,8 +182,7 @@ class Writer(Generic[W, R]):
         try:
             retry = not self.database.truncate_wal()
         except Exception:
-            # Not retried until the next commit: a WAL that cannot be checkpointed at all
-            # (a read-only directory) would otherwise log this every second.
+            # Not retried until the next commit, or a read-only directory logs it every second.
             logger.warning("could not truncate the WAL of database %s", self.database.id, exc_info=True)
             retry = False
         self._wal_cut_at = time.monotonic() + TRUNCATE_WAL_RETRY_S if retry else None

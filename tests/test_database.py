@@ -7,13 +7,17 @@ import fcntl
 import logging
 import os
 import stat
+import subprocess
+import sys
+import textwrap
+import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import event
 
 from storage import Database, erase_session
-from storage.database import WritersTurnTimeout
+from storage.database import WritersTurn, WritersTurnTimeout
 from tests.support import AgnoData, require_root
 
 sqlite_only = pytest.mark.parametrize("backend", ["sqlite"])
@@ -61,6 +65,37 @@ def test_a_write_connection_commits_durably_to_the_wal_and_overwrites_deleted_ro
 
 def test_ping_succeeds_on_a_database_that_can_take_a_write(make_database):
     make_database().ping()
+
+
+@sqlite_only
+def test_a_worker_that_keeps_committing_lets_a_waiting_worker_have_its_turn(make_database):
+    """Without fairness the busy worker takes the turn again the moment it lets go, batch
+    after batch, and the other waits until its busy timeout answers 500."""
+    database = make_database()
+    database.ping()
+    other_worker = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(f"""
+            import time
+            from storage.database import WritersTurn
+            turn = WritersTurn({database.turn.path!r}, 5.0)
+            print("taking turns", flush=True)
+            while True:
+                with turn.held():
+                    time.sleep(0.1)
+        """)],
+        cwd=Path(__file__).resolve().parents[1], stdout=subprocess.PIPE,
+    )  # fmt: skip
+    ours = WritersTurn(database.turn.path, 1.0)
+    try:
+        assert other_worker.stdout.readline() == b"taking turns\n"
+        for _ in range(5):
+            assert ours.acquire(1.0), "the busy worker kept the turn for a whole second"
+            ours.release()
+            time.sleep(0.05)
+    finally:
+        other_worker.kill()
+        other_worker.communicate(timeout=10)
+        ours.close()
 
 
 @sqlite_only

@@ -10,6 +10,7 @@ import pytest
 from sqlalchemy import Column, MetaData, Table, event, inspect, select, text
 from sqlalchemy.schema import CreateSchema
 
+import storage.erase
 from storage import AuditEntry, SessionTable, erase_session
 from storage.audit import audit_table, create_audit_table
 from storage.erase import EraseRequest, erase_batch
@@ -197,6 +198,29 @@ def test_a_batch_is_one_set_of_statements_with_exact_answers(database, data):
         assert all(r is None for r in outcomes[1:]), outcomes
         assert conversation_gone(data, session_id)
     assert results[len(ids) * 2] is None and results[-1] is None
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_a_transaction_takes_sessions_up_to_its_row_budget_and_leaves_the_rest_whole(database, data, monkeypatch):
+    """SQLite has one write lock per file: a batch of very long sessions is committed in
+    turns, so that nobody waiting for the lock waits past the busy timeout."""
+    sample, big, small, other, last = data.add_sessions(unique_ids("budget", 5), runs=3)
+    whole = data.counts(small)
+    per_session = sum(erase(database, sample).counts.values())
+    monkeypatch.setattr(storage.erase, "MAX_ROWS_PER_TRANSACTION", 2 * per_session - 1)
+
+    first = erase_together(database, [big, "never-there", small, big, other])
+
+    # big fits; the missing id is answered; small would go over, so it and all after wait.
+    assert len(first) == 2 and first[0].counts["sessions"] == 1 and first[1] is None
+    assert conversation_gone(data, big) and data.counts(small) == whole and data.counts(other) == whole
+    second = erase_together(database, [small, big, other])
+    assert len(second) == 2 and second[0].counts["sessions"] == 1 and second[1] is None
+    assert data.counts(other) == whole
+
+    monkeypatch.setattr(storage.erase, "MAX_ROWS_PER_TRANSACTION", 1)
+    (alone,) = erase_together(database, [other, last])  # the first goes, whatever its size
+    assert alone.counts["sessions"] == 1 and conversation_gone(data, other) and data.counts(last) == whole
 
 
 def test_not_found_in_a_batch_changes_nothing_orphans_included(database, data):

@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-from storage import ErasedRows
+import storage.erase
+from storage import ErasedRows, erase_session
 from storage.erase import EraseRequest, erase_batch
 from storage.writer import Writer
 from tests.support import (
@@ -49,7 +50,11 @@ def eraser(database, *, fail_first_batch: bool = False):
                 assert work.release.wait(10)
         requests = [w for w in works if not isinstance(w, Hold)]
         answers = iter(erase_batch(conn, database, requests, erase_traces=True))
-        outcomes = [None if isinstance(w, Hold) else next(answers) for w in works]
+        outcomes = []
+        for work in works:  # up to the first request left for the next transaction
+            if not isinstance(work, Hold) and (answer := next(answers, Hold)) is Hold:
+                break
+            outcomes.append(None if isinstance(work, Hold) else answer)
         if fail_first_batch and requests and not failures:
             failures.append(True)
             raise RuntimeError("commit refused")
@@ -165,6 +170,24 @@ def test_nobody_is_answered_before_the_shared_commit(database, data, make_writer
     event.remove(database.engine, "commit", on_commit)
     assert answered_at_commit[-1] == 0, answered_at_commit
     assert all(isinstance(r, ErasedRows) for r in results)
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])
+def test_what_a_transaction_leaves_over_its_row_budget_goes_into_the_next(database, data, make_writer, loop,
+                                                                          monkeypatch):  # fmt: skip
+    writer = make_writer()
+    ids = data.add_sessions(unique_ids("budget", 6), runs=3)
+    sample = data.add_session(runs=3)
+    erased = erase_session(database, database.settings.default_session_table, sample, erase_traces=True)
+    per_session = sum(erased.counts.values())
+    monkeypatch.setattr(storage.erase, "MAX_ROWS_PER_TRANSACTION", 2 * per_session)
+    asked = [request(database, sid) for sid in ids + ids[:2]]
+
+    results = submit_together(writer, loop, asked)
+
+    assert writer.batches == 1 + 3  # the held one, then two sessions a time
+    assert all(r.counts["sessions"] == 1 for r in results[:6]) and results[6:] == [None, None]
+    assert all(data_gone(data, sid) for sid in ids)
 
 
 def test_a_database_error_in_one_erase_fails_only_that_erase(database, data, make_writer, loop):
