@@ -138,12 +138,9 @@ def _refused_head(scope: Scope) -> ApiError | None:
         return ApiError(414, TARGET_TOO_LONG)
     if len(path) + len(query) + sum(len(name) + len(value) + 4 for name, value in headers) > MAX_HEAD_BYTES:
         return ApiError(431, HEAD_TOO_LARGE)
-    close = {"Connection": "close"}
-    if scope.get("http_version") not in ("1.0", "1.1"):
-        return ApiError(400, PARSE_ERROR, close)
     names = {name for name, _ in headers}
-    if b"content-length" in names and b"transfer-encoding" in names:
-        return ApiError(400, PARSE_ERROR, close)
+    if scope.get("http_version") not in ("1.0", "1.1") or {b"content-length", b"transfer-encoding"} <= names:
+        return ApiError(400, PARSE_ERROR, {"Connection": "close"})
     return None
 
 
@@ -174,7 +171,9 @@ class RequestGuard:
                 return  # the client left, or its body could not be read: nothing runs
         # Routed as sent, as OpenAPI's path templating means it: an encoded '/' (or a
         # newline) stays inside its path segment, and the handler decodes the value.
-        await self.app(dict(scope, path=path.decode("latin-1"), raw_path=path), receive, send)
+        if path is not scope["raw_path"] or path.decode("latin-1") != scope["path"]:
+            scope = dict(scope, path=path.decode("latin-1"), raw_path=path)
+        await self.app(scope, receive, send)
 
     async def _read_body(self, receive: Receive) -> Receive | None:
         messages: list[Message] = []
