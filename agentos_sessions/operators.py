@@ -10,7 +10,7 @@ from starlette.responses import JSONResponse, Response
 from agentos_sessions import docs_ui
 from agentos_sessions.health import HealthCheck, unhealthy_detail
 from agentos_sessions.observability import Metrics, OperatorMiddleware, RoutingObserver
-from agentos_sessions.security import bearer_token, token_matches
+from agentos_sessions.security import presents_key
 from agentos_sessions.settings import Settings
 from handlers.errors import ApiError
 from storage import Storage
@@ -30,10 +30,8 @@ def install(app, settings: Settings, storage: Storage) -> Metrics:
         return JSONResponse({"status": "ok", "databases": results})
 
     def metrics_endpoint(request: Request) -> Response:
-        if not settings.metrics_public:
-            scheme, token = bearer_token(request.headers)
-            if scheme != "bearer" or not token_matches(token, settings.security_key):
-                raise ApiError(401, "A valid bearer token is required for /metrics")
+        if not settings.metrics_public and not presents_key(request.headers, settings.security_key):
+            raise ApiError(401, "A valid bearer token is required for /metrics")
         body, content_type = metrics.exposition()
         return Response(body, media_type=content_type)
 

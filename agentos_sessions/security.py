@@ -45,10 +45,13 @@ def bearer_token(headers) -> tuple[str | None, str | None]:
     return parts[0].lower(), parts[1]
 
 
+def presents_key(headers, key: str) -> bool:
+    """The one Authorization header is ``Bearer <key>`` (scheme case-insensitive)."""
+    scheme, token = bearer_token(headers)
+    return scheme == "bearer" and token_matches(token, key)
+
+
 def verify_bearer(token: str, request) -> dict | None:
     """Connexion's bearer check: the token of the one well-formed header, or 401."""
     key = getattr(request.state, STATE_KEY)
-    scheme, token = bearer_token(request.headers)
-    if scheme == "bearer" and token_matches(token, key):
-        return {"sub": key_fingerprint(key)}
-    return None
+    return {"sub": key_fingerprint(key)} if presents_key(request.headers, key) else None
