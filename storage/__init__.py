@@ -1,8 +1,5 @@
-"""Storage: configured databases, table discovery and the erase transaction.
-
-It knows nothing of HTTP or of the app: the app builds its configuration types
-(``DatabaseSettings``, ``SessionTable``) and calls ``Storage``.
-"""
+"""Storage: configured databases, table discovery and the erase transaction. It knows
+nothing of HTTP or of the app, which builds ``DatabaseSettings`` and calls ``Storage``."""
 
 from storage.audit import AuditEntry
 from storage.config import DatabaseSettings, SessionTable

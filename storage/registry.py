@@ -29,6 +29,9 @@ class UnknownDatabase(TargetError):
 class UnknownTable(TargetError):
     status = 404
 
+    def __init__(self, db_id: str, table: str):
+        super().__init__(f"No database with id '{db_id}' has table '{table}'")
+
 
 @dataclass(frozen=True)
 class Target:
@@ -85,7 +88,7 @@ class Storage:
             return Target(database, database.settings.default_session_table, table_named_by_caller=False)
         session_table = database.settings.session_table(table)
         if session_table is None:
-            raise UnknownTable(f"No database with id '{database.id}' has table '{table}'")
+            raise UnknownTable(database.id, table)
         return Target(database, session_table, table_named_by_caller=True)
 
     async def erase(self, target: Target, session_id: str, *, audit: AuditEntry | None = None) -> ErasedRows | None:
@@ -94,12 +97,12 @@ class Storage:
         request = EraseRequest(target.session_table, session_id, audit)
         erased = await self.writers[target.database.id].submit(request)
         if erased is None and target.table_named_by_caller and not await asyncio.to_thread(_has_sessions_table, target):
-            raise UnknownTable(f"No database with id '{target.database.id}' has table '{target.session_table.name}'")
+            raise UnknownTable(target.database.id, target.session_table.name)
         return erased
-
 
 
 def _has_sessions_table(target: Target) -> bool:
     ref = target.database.ref(target.session_table.name)
-    with target.database.engine.connect() as conn:
+    # In a transaction: ``existing`` trusts what it saw within the same one.
+    with target.database.engine.begin() as conn:
         return ref in target.database.existing(conn, [ref])
