@@ -367,11 +367,12 @@ def database_toml(settings) -> str:
 class LiveServer:
     def __init__(
         self, workdir: Path, config_text: str, *, workers: int = 1, extra_env: dict | None = None,
-        open_files: int | None = None,
+        open_files: int | None = None, access_log: bool = False,
     ):  # fmt: skip
         """``open_files``: the server starts with this soft limit on descriptors, as under
-        ``ulimit -n``."""
+        ``ulimit -n``; ``access_log``: uvicorn logs every request, as ``serve`` does by default."""
         self.open_files = open_files
+        self.access_log = access_log
         self.workdir = workdir
         self.config = workdir / "agentos-sessions.toml"
         self.config.write_text(config_text)
@@ -392,7 +393,8 @@ class LiveServer:
     def start(self, timeout: float = 30) -> "LiveServer":
         with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                self.command("serve", "--port", str(self.port), "--workers", str(self.workers), "--no-access-log"),
+                self.command("serve", "--port", str(self.port), "--workers", str(self.workers),
+                             *(() if self.access_log else ("--no-access-log",))),
                 cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=None if self.open_files is None else self._limit_open_files,
             )  # fmt: skip
