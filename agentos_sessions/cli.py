@@ -88,9 +88,10 @@ def _serve(args: argparse.Namespace) -> int:
             os.environ[name] = str(value)
     settings = announce_generated_key(load_settings())
     os.environ[ENV_SECURITY_KEY] = settings.security_key
-    # Create missing tables once, before workers start and race each other to it.
+    # Create missing tables once, before workers start and race each other to it; each
+    # worker checks the files' modes as it starts, so there is one warning with one worker.
     storage = open_storage(settings)
-    storage.start()
+    storage.start(check_files=False)
     storage.close()
     # Process-wide settings belong here, where the process is owned (README, "serve").
     raise_open_file_limit()

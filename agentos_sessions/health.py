@@ -1,4 +1,4 @@
-"""GET /health: does every configured database answer, within a bounded time?
+"""GET /health: could every configured database take an erase now, within a bounded time?
 
 Each database is pinged on a daemon thread of its own, one at a time: a hung one costs
 one stuck thread, never the thread pool, and never keeps the process up.
@@ -12,7 +12,7 @@ import logging
 import threading
 from typing import Iterable
 
-from storage import Database
+from storage import CannotWrite, Database
 
 logger = logging.getLogger("agentos_sessions.health")
 
@@ -49,7 +49,8 @@ class HealthCheck:
             return future
 
     async def check(self) -> dict[str, str]:
-        """Each database id with ``ok``, ``failed`` or ``timed out``."""
+        """Each database id with ``ok``, ``failed``, ``timed out`` or why it cannot take a
+        write (``read-only``, ``disk full``, ``locked``)."""
         waiting = {database.id: asyncio.wrap_future(self._ping(database)) for database in self.databases}
         done, _pending = await asyncio.wait(waiting.values(), timeout=self.timeout)
         results = {}
@@ -58,6 +59,9 @@ class HealthCheck:
                 # Retrieve the eventual outcome so asyncio never warns it went unobserved.
                 future.add_done_callback(lambda f: f.cancelled() or f.exception())
                 results[db_id] = TIMED_OUT
+            elif isinstance(future.exception(), CannotWrite):
+                logger.warning("database %r cannot take a write: %s", db_id, future.exception())
+                results[db_id] = str(future.exception())
             elif future.exception() is not None:
                 # The type only: driver messages can carry host names and user names.
                 logger.warning("database %r failed its health check: %s", db_id, type(future.exception()).__name__)
@@ -67,14 +71,16 @@ class HealthCheck:
         return results
 
 
+def _failure(db_id: str, state: str, timeout_seconds: float) -> str:
+    if state == TIMED_OUT:
+        return f"database '{db_id}' did not answer within {timeout_seconds * 1000:.0f} ms"
+    if state == FAILED:
+        return f"database '{db_id}' is unavailable"
+    return f"database '{db_id}' cannot take a write ({state})"
+
+
 def unhealthy_detail(results: dict[str, str], timeout_seconds: float) -> str | None:
-    failing = [
-        f"database '{db_id}' did not answer within {timeout_seconds * 1000:.0f} ms"
-        if state == TIMED_OUT
-        else f"database '{db_id}' is unavailable"
-        for db_id, state in results.items()
-        if state != OK
-    ]
+    failing = [_failure(db_id, state, timeout_seconds) for db_id, state in results.items() if state != OK]
     if not failing:
         return None
     text = "; ".join(failing)

@@ -13,9 +13,10 @@ import os
 import re
 import time
 import uuid
+from collections.abc import Iterable
 from datetime import datetime, timezone
 from pathlib import Path
-from urllib.parse import parse_qs, unquote
+from urllib.parse import parse_qs, unquote, unquote_plus
 
 from starlette.datastructures import MutableHeaders
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -224,13 +225,55 @@ class OperatorMiddleware:
                 audit_logger.info(json.dumps(audit_record(scope, record, status, seconds), ensure_ascii=False))
 
 
+REDACTED = "[redacted]"
+
+
+def declared_query_parameters(document: dict) -> frozenset[str]:
+    """The query parameters the contract names, on any of its operations."""
+    return frozenset(
+        parameter["name"]
+        for path_item in document.get("paths", {}).values()
+        for operation in path_item.values()
+        if isinstance(operation, dict)
+        for parameter in operation.get("parameters", [])
+        if parameter.get("in") == "query"
+    )
+
+
+class QueryRedactor(logging.Filter):
+    """Access log lines keep the contract's query parameters and write every other one,
+    name and value, as ``[redacted]``: a caller may send the key as ``?access_token=...``,
+    and a bare ``?<key>`` is all name. Any argument of the record with a ``?`` is the
+    request target (uvicorn quotes a ``?`` in the path itself)."""
+
+    def __init__(self, keep: Iterable[str] = ()):
+        super().__init__()
+        self.keep = frozenset(keep)
+
+    def redact(self, target: str) -> str:
+        path, _, query = target.partition("?")
+        parts = [part if unquote_plus(part.partition("=")[0]) in self.keep else REDACTED for part in query.split("&")]
+        return f"{path}?{'&'.join(parts)}"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(self.redact(a) if isinstance(a, str) and "?" in a else a for a in record.args)
+        return True
+
+
 def logging_config(level: str = "info") -> dict:
-    """uvicorn's logging, plus this service's loggers; audit lines go to stdout as bare JSON."""
+    """uvicorn's logging, plus this service's loggers; audit lines go to stdout as bare JSON,
+    and access lines without the query parameters the contract does not declare."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
+    from agentos_sessions.contract import Contract
+
     config = copy.deepcopy(LOGGING_CONFIG)
+    keep = sorted(declared_query_parameters(Contract.load().document))
+    config.setdefault("filters", {})["redact_query"] = {"()": f"{__name__}.QueryRedactor", "keep": keep}
+    config["loggers"]["uvicorn.access"]["filters"] = ["redact_query"]
     config["formatters"]["audit"] = {"format": "%(message)s"}
     config["handlers"]["audit"] = {"formatter": "audit", "class": "logging.StreamHandler", "stream": "ext://sys.stdout"}
     config["loggers"][AUDIT_LOGGER] = {"handlers": ["audit"], "level": "INFO", "propagate": False}

@@ -3,6 +3,7 @@ request ids and the audit trail, installed on an app in one call."""
 
 from __future__ import annotations
 
+from connexion.exceptions import OAuthProblem
 from connexion.middleware import MiddlewarePosition
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -15,19 +16,34 @@ from agentos_sessions.settings import Settings
 from handlers.errors import ApiError
 from storage import Storage
 
+# What /health tells a caller without the key: database ids and what is wrong with them
+# say which databases exist, so only that something is.
+UNHEALTHY = "A database cannot take an erase now"
+
+
+def holds_key(request: Request, key: str) -> bool:
+    """Like ``presents_key``, but a malformed Authorization header is only not the key:
+    a load balancer's probe gets the status either way, never a 401."""
+    try:
+        return presents_key(request.headers, key)
+    except OAuthProblem:
+        return False
+
 
 def install(app, settings: Settings, storage: Storage) -> Metrics:
     metrics = Metrics()
     health = HealthCheck(storage.databases.values(), settings.health_timeout_ms / 1000)
 
-    async def health_endpoint(_request: Request) -> Response:
+    async def health_endpoint(request: Request) -> Response:
         results = await health.check()
+        detailed = settings.health_details_public or holds_key(request, settings.security_key)
         detail = unhealthy_detail(results, health.timeout)
         if detail is not None:
             # The renderer's body, without its error log: an unavailable database is
             # reported by the probe that found it, not once more per poll.
-            return Response(ApiError(503, detail).body(), status_code=503, media_type="application/json")
-        return JSONResponse({"status": "ok", "databases": results})
+            body = ApiError(503, detail if detailed else UNHEALTHY).body()
+            return Response(body, status_code=503, media_type="application/json")
+        return JSONResponse({"status": "ok", "databases": results} if detailed else {"status": "ok"})
 
     def metrics_endpoint(request: Request) -> Response:
         if not settings.metrics_public and not presents_key(request.headers, settings.security_key):

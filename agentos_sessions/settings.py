@@ -48,6 +48,7 @@ class Settings:
     port: int = field(default=7777, metadata=_minimum(0))
     workers: int = field(default=1, metadata=_minimum(1))
     metrics_public: bool = False
+    health_details_public: bool = False
     audit_table: str | None = None
     health_timeout_ms: int = field(default=2000, metadata=_minimum(1))
     group_commit: bool = True

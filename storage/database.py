@@ -11,13 +11,21 @@ import time
 from contextlib import contextmanager, nullcontext
 from typing import Callable, Iterable, Iterator, TypeVar
 
-from sqlalchemy import Connection, column, create_engine, event, select, table, text, tuple_
+from sqlalchemy import Connection, column, create_engine, event, select, table, tuple_
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateSchema
 
 from storage.config import DatabaseSettings
-from storage.schema import POSTGRES_PAYLOAD_SCHEMA, TableRef, layout
+from storage.schema import (
+    COMPACTIONS_TABLE,
+    PAYLOAD_TABLE,
+    POSTGRES_PAYLOAD_SCHEMA,
+    TOOL_RESULTS_TABLE,
+    TRANSCRIPTS_TABLE,
+    TableRef,
+    layout,
+)
 
 logger = logging.getLogger("storage")
 
@@ -51,12 +59,73 @@ class WritersTurnTimeout(Exception):
     """The writers' lock file stayed held past the busy timeout; nothing was written."""
 
 
+class CannotWrite(Exception):
+    """The database would refuse an erase's writes now; the message is why (``read-only``,
+    ``disk full``, ``locked``), without names or paths, safe to show to the key's holder."""
+
+
+class UnsafeDatabaseFile(Exception):
+    """The SQLite file cannot be created privately where it is configured."""
+
+
+# An erase of the smallest session writes a few dozen pages to the WAL (each a frame of
+# the page and 24 bytes, after the WAL's 32-byte header): with less room than that left on
+# its disk it fails, and that is what "full" means here.
+_WAL_FRAMES_OF_AN_ERASE = 32
+
+_PRIVATE = 0o600
+_OPEN_TO_OTHERS = stat.S_IRWXG | stat.S_IRWXO
+
+
+def create_private_file(path: str) -> None:
+    """Create an absent SQLite file, empty (a valid database) and 0600, before SQLite
+    opens it: SQLite would create it 0644 under the usual umask, and gives its -wal and
+    -shm files the database's own mode. Created so from the start, with no moment it is
+    readable by others; O_EXCL never follows a symlink, so none is created through."""
+    if os.path.exists(path):  # a database, perhaps through the operator's own symlink
+        return
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, _PRIVATE)
+    except FileExistsError:
+        if os.path.exists(path):  # another worker created it meanwhile
+            return
+        raise UnsafeDatabaseFile(f"{path} is a symlink to nothing: no database is created through it") from None
+    try:
+        os.fchmod(fd, _PRIVATE)  # the owner's read and write, whatever the umask took away
+    finally:
+        os.close(fd)
+
+
+def files_open_to_others(path: str) -> list[tuple[str, int]]:
+    """The SQLite file and its -wal and -shm, those that exist and other users may open,
+    with their modes (through the operator's symlink, if the path is one)."""
+    found = []
+    for name in (path, f"{path}-wal", f"{path}-shm"):
+        try:
+            mode = stat.S_IMODE(os.stat(name).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & _OPEN_TO_OTHERS:
+            found.append((name, mode))
+    return found
+
+
 def _sqlstate(exc: DBAPIError) -> str | None:
     return getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
 
 
 def _is_missing_table(exc: DBAPIError) -> bool:
     return _sqlstate(exc) == "42P01" or "no such table" in str(exc.orig).lower()
+
+
+def _refusal(exc: OperationalError) -> str | None:
+    """``read-only`` or ``locked`` (past the busy timeout), when the error says so."""
+    name, state = getattr(exc.orig, "sqlite_errorname", ""), _sqlstate(exc)
+    if name.startswith("SQLITE_READONLY") or state == "25006":
+        return "read-only"
+    if name.startswith("SQLITE_BUSY") or state == "55P03":
+        return "locked"
+    return None
 
 
 def cannot_write(exc: BaseException) -> bool:
@@ -170,6 +239,9 @@ class Database:
     def is_sqlite_file(self) -> bool:
         return self.dialect == "sqlite" and self.engine.url.database not in (None, "", ":memory:")
 
+    def files_open_to_others(self) -> list[tuple[str, int]]:
+        return files_open_to_others(self.engine.url.database) if self.is_sqlite_file else []
+
     def ref(self, name: str) -> TableRef:
         return TableRef(self.settings.schema if self.dialect != "sqlite" else None, name)
 
@@ -259,10 +331,53 @@ class Database:
         raise AssertionError("unreachable")
 
     def ping(self) -> None:
-        """Succeeds only if an erase could start now: on SQLite that means getting the
-        writers' turn and the write lock, so a lock held past the busy timeout shows."""
-        with self.transaction() as conn:
-            conn.execute(text("SELECT 1"))
+        """Succeeds only if an erase could start and write now, writing nothing: the
+        writers' turn and SQLite's write lock, or PostgreSQL's table locks of an erase,
+        within the busy timeout; then a write that is rolled back, and room on the disk.
+        ``CannotWrite`` says why not, when it is one of those."""
+        try:
+            turn = self.turn.held() if self.turn else nullcontext()
+            with turn, self.connect_for_writes() as conn, conn.begin() as transaction:
+                try:
+                    self._try_a_write(conn)
+                finally:
+                    transaction.rollback()
+        except WritersTurnTimeout as exc:
+            raise CannotWrite("locked") from exc
+        except OperationalError as exc:
+            reason = _refusal(exc)
+            if reason is None:
+                raise
+            raise CannotWrite(reason) from exc
+
+    def _try_a_write(self, conn: Connection) -> None:
+        if self.dialect == "sqlite":
+            # A write to the header, of the value it holds, never committed: a read-only
+            # file, directory or mount refuses it as it would an erase.
+            version = int(conn.exec_driver_sql("PRAGMA user_version").scalar())
+            conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+            if self.is_sqlite_file:
+                self._check_room(int(conn.exec_driver_sql("PRAGMA page_size").scalar()))
+            return
+        if conn.exec_driver_sql("SHOW transaction_read_only").scalar() == "on":
+            raise CannotWrite("read-only")  # a standby, or default_transaction_read_only
+        # The locks a DELETE takes: a lock held against them (LOCK TABLE, a long DDL)
+        # outlasts lock_timeout, as an erase would wait on it; agents' writes do not conflict.
+        names = [name for pair in self.settings.session_tables for name in (pair.name, pair.runs_table)]
+        erased = [self.ref(name) for name in (*names, TRANSCRIPTS_TABLE, COMPACTIONS_TABLE, TOOL_RESULTS_TABLE)]
+        erased.append(self.payload_ref(PAYLOAD_TABLE))
+        present = self.existing(conn, erased)
+        for ref in (r for r in erased if r in present):
+            quoted = conn.dialect.identifier_preparer.format_table(table(ref.name, schema=ref.schema))
+            conn.exec_driver_sql(f"LOCK TABLE {quoted} IN ROW EXCLUSIVE MODE")
+
+    def _check_room(self, page_size: int) -> None:
+        """The WAL's disk has room for an erase's frames (a full disk fails only the write)."""
+        info = os.statvfs(self.engine.url.database)
+        # Blocks reserved for root are root's to write.
+        free = (info.f_bfree if os.geteuid() == 0 else info.f_bavail) * info.f_frsize
+        if free < 32 + _WAL_FRAMES_OF_AN_ERASE * (page_size + 24):
+            raise CannotWrite("disk full")
 
     def truncate_wal(self) -> bool:
         """Copy the SQLite WAL into the database and cut it to nothing, without waiting; False
@@ -331,6 +446,12 @@ def _make_engine(url: str, busy_timeout_ms: int) -> Engine:
         )
 
     engine = create_engine(parsed, connect_args={"timeout": busy_timeout_ms / 1000})
+
+    if parsed.database not in (None, "", ":memory:") and not parsed.query.get("uri"):
+
+        @event.listens_for(engine, "do_connect")
+        def _create_privately(_dialect, _record, _args, _kwargs):
+            create_private_file(parsed.database)
 
     @event.listens_for(engine, "connect")
     def _configure(dbapi_connection, _record):

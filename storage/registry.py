@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import logging
+import shlex
 from dataclasses import dataclass
 
 from storage.audit import AuditEntry, create_audit_table
@@ -10,6 +12,8 @@ from storage.config import DatabaseSettings, SessionTable
 from storage.database import Database
 from storage.erase import ErasedRows, EraseRequest, erase_batch
 from storage.writer import MAX_BATCH, Writer
+
+logger = logging.getLogger("storage")
 
 
 class TargetError(Exception):
@@ -55,8 +59,17 @@ class Storage:
             for db_id, database in self.databases.items()
         }
 
-    def start(self) -> None:
+    def start(self, *, check_files: bool = True) -> None:
+        """Create missing tables; with ``check_files``, warn once of every SQLite database
+        whose files other users can open (a new one is created private)."""
         for database in self.databases.values():
+            exposed = database.files_open_to_others() if check_files else []
+            if exposed:
+                logger.warning(
+                    "the files of database %r can be opened by other users (%s); make them private: chmod 600 %s",
+                    database.id, ", ".join(f"{path} is {mode:04o}" for path, mode in exposed),
+                    " ".join(shlex.quote(path) for path, _mode in exposed),
+                )  # fmt: skip
             if database.settings.create_tables:
                 database.create_missing_tables()
                 if self.audit_table:

@@ -367,11 +367,12 @@ def database_toml(settings) -> str:
 class LiveServer:
     def __init__(
         self, workdir: Path, config_text: str, *, workers: int = 1, extra_env: dict | None = None,
-        open_files: int | None = None,
+        open_files: int | None = None, access_log: bool = False,
     ):  # fmt: skip
         """``open_files``: the server starts with this soft limit on descriptors, as under
-        ``ulimit -n``."""
+        ``ulimit -n``; ``access_log``: uvicorn logs every request, as ``serve`` does by default."""
         self.open_files = open_files
+        self.access_log = access_log
         self.workdir = workdir
         self.config = workdir / "agentos-sessions.toml"
         self.config.write_text(config_text)
@@ -392,7 +393,8 @@ class LiveServer:
     def start(self, timeout: float = 30) -> "LiveServer":
         with self.log.open("ab") as log:  # the child keeps its own copy of the descriptor
             self.process = subprocess.Popen(
-                self.command("serve", "--port", str(self.port), "--workers", str(self.workers), "--no-access-log"),
+                self.command("serve", "--port", str(self.port), "--workers", str(self.workers),
+                             *(() if self.access_log else ("--no-access-log",))),
                 cwd=self.workdir, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                 preexec_fn=None if self.open_files is None else self._limit_open_files,
             )  # fmt: skip
@@ -545,16 +547,40 @@ class TcpProxy:
         self.cut()
 
 
+def _mount(what: str, *args: str) -> None:
+    """``mount`` as root; refused (a container without the capability) it is a skip with
+    the reason locally and a failure in CI, as not being root is."""
+    require_root(what)
+    done = subprocess.run(["mount", *args], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        reason = f"mount refused, cannot {what}: {done.stderr.strip()}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason)
+        pytest.skip(reason)
+
+
 @contextmanager
 def tiny_filesystem(path: Path, size: str = "4m"):
     """A tmpfs of a few MiB mounted at ``path``, so a test can fill the disk."""
-    require_root("mount a tmpfs to fill the disk")
     path.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    _mount("mount a tmpfs to fill the disk", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path))
     try:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+@contextmanager
+def read_only_view(source: Path, at: Path):
+    """``source`` mounted again at ``at``, read-only: a read-only mount, as the service
+    would see one (root writes through any file mode, so a chmod would prove nothing)."""
+    at.mkdir(parents=True, exist_ok=True)
+    _mount("mount a read-only view", "--bind", str(source), str(at))
+    try:
+        _mount("mount a read-only view", "-o", "remount,bind,ro", str(at))
+        yield at
+    finally:
+        subprocess.run(["umount", "-l", str(at)], check=False)
 
 
 def fill(directory: Path) -> Path:

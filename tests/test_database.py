@@ -1,5 +1,7 @@
-"""One database: its connection settings, its health probe, and the writers' lock file
-beside a SQLite file (created private, never through a symlink, waited for with a bound)."""
+"""One database: its connection settings, its health probe, its SQLite files (created
+private, never through a symlink, a warning for those open to others), and the writers'
+lock file beside a SQLite file (created private, never through a symlink, waited for with
+a bound)."""
 
 from __future__ import annotations
 
@@ -16,7 +18,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import event
 
-from storage import Database, erase_session
+from storage import (
+    CannotWrite,
+    Database,
+    DatabaseSettings,
+    Storage,
+    UnsafeDatabaseFile,
+    erase_session,
+)
 from storage.database import WritersTurn, WritersTurnTimeout
 from tests.support import AgnoData, require_root
 
@@ -65,6 +74,96 @@ def test_a_write_connection_commits_durably_to_the_wal_and_overwrites_deleted_ro
 
 def test_ping_succeeds_on_a_database_that_can_take_a_write(make_database):
     make_database().ping()
+
+
+def sqlite_files(database: Database) -> dict[str, int]:
+    path = database.engine.url.database
+    return {Path(name).name: stat.S_IMODE(os.stat(name).st_mode) for name in (path, f"{path}-wal", f"{path}-shm")}
+
+
+@sqlite_only
+@pytest.mark.parametrize("umask", [0o022, 0o000, 0o277])
+def test_a_new_database_and_its_wal_and_shm_are_private_whatever_the_umask(make_database, umask):
+    """SQLite creates a database 0644 under the usual umask, and its -wal and -shm with the
+    database's mode: anyone on the machine could read every conversation. A umask that
+    takes the owner's write away would leave a database SQLite opens read-only."""
+    previous = os.umask(umask)
+    try:
+        database = make_database()
+        data = AgnoData(database, database.settings.default_session_table)
+        data.create_all()
+        data.add_session()
+        with database.engine.connect() as conn:  # open: the -wal and -shm exist
+            conn.exec_driver_sql("SELECT 1")
+            assert sqlite_files(database) == {"default.db": 0o600, "default.db-wal": 0o600, "default.db-shm": 0o600}
+    finally:
+        os.umask(previous)
+
+
+def start_logging(settings, caplog) -> list[logging.LogRecord]:
+    storage = Storage((settings,), busy_timeout_ms=2000)
+    try:
+        with caplog.at_level(logging.WARNING, logger="storage"):
+            storage.start()
+    finally:
+        storage.close()
+    return [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+@sqlite_only
+def test_an_existing_database_open_to_others_gets_one_warning_at_start_naming_the_fix(make_database, caplog):
+    database = make_database()
+    data = AgnoData(database, database.settings.default_session_table)
+    data.create_all()
+    database.dispose()
+    path = database.engine.url.database
+    os.chmod(path, 0o644)
+
+    warnings = start_logging(database.settings, caplog)
+
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    message = warnings[0].getMessage()
+    assert f"{path} is 0644" in message and message.endswith(f"chmod 600 {path}")
+    caplog.clear()
+    os.chmod(path, 0o600)
+    assert start_logging(database.settings, caplog) == []
+
+
+@sqlite_only
+def test_no_database_is_created_through_a_symlink_to_nothing(make_database_settings, tmp_path):
+    """A link planted where the database will be (a shared directory) would make SQLite
+    create the database wherever it points."""
+    settings = make_database_settings()
+    elsewhere = tmp_path / "elsewhere.db"
+    os.symlink(elsewhere, settings.url.removeprefix("sqlite:///"))
+    database = Database(settings, busy_timeout_ms=2000)
+    try:
+        with pytest.raises(UnsafeDatabaseFile, match="symlink to nothing"):
+            database.create_missing_tables()
+        with pytest.raises(UnsafeDatabaseFile):
+            database.ping()
+    finally:
+        database.dispose()
+    assert not elsewhere.exists()
+
+
+@sqlite_only
+def test_a_database_reached_through_the_operators_symlink_is_used(make_database_settings, tmp_path):
+    settings = make_database_settings()
+    target = tmp_path / "data" / "agno.db"
+    target.parent.mkdir()
+    creator = Database(DatabaseSettings(id="t", url=f"sqlite:///{target}"))
+    creator.create_missing_tables()
+    creator.dispose()
+    os.symlink(target, settings.url.removeprefix("sqlite:///"))
+    database = Database(settings, busy_timeout_ms=2000)
+    try:
+        data = AgnoData(database, settings.default_session_table)
+        data.create_all()
+        assert erase(database, data.add_session()) is not None
+    finally:
+        database.dispose()
+    assert stat.S_IMODE(target.stat().st_mode) == 0o600
 
 
 @sqlite_only
@@ -162,7 +261,7 @@ def test_a_held_writers_lock_costs_at_most_the_busy_timeout_and_changes_nothing(
     try:
         with pytest.raises(WritersTurnTimeout):
             erase(database, session_id)
-        with pytest.raises(WritersTurnTimeout):
+        with pytest.raises(CannotWrite, match="^locked$"):
             database.ping()
     finally:
         os.close(other)

@@ -1,12 +1,20 @@
 """GET /metrics: Prometheus text, protected by the bearer key unless opened by a setting,
-counting requests, latency, erasures by kind and errors by error_code."""
+counting requests, latency, erasures by kind and errors by error_code; and logs that
+never carry a secret sent in a query string."""
 
 from __future__ import annotations
+
+import logging
 
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from agentos_sessions.observability import REQUEST_ID_HEADER
+from agentos_sessions.contract import Contract
+from agentos_sessions.observability import (
+    REQUEST_ID_HEADER,
+    QueryRedactor,
+    declared_query_parameters,
+)
 from tests.support import AUTH, AgnoData, assert_spec_error
 
 pytestmark = pytest.mark.usefixtures("backend")
@@ -136,4 +144,54 @@ def test_two_workers_report_the_same_totals_and_log_every_attempt(tmp_path, make
         assert value(metrics, "agentos_sessions_dependent_rows_erased_total", db_id="default", kind="runs") == 24
     audit = [line for line in log.splitlines() if '"event": "session.delete"' in line]
     assert len(audit) == 12 and all('"outcome": "erased"' in line for line in audit)
+    assert KEY not in log
+
+
+def access_record(target: str) -> logging.LogRecord:
+    """An access log record as uvicorn makes one: the request target among its arguments."""
+    return logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                             ("127.0.0.1:5000", "DELETE", target, "1.1", 422), None)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", ["sqlite"])  # no database involved
+def test_the_access_log_keeps_the_contracts_query_parameters_and_redacts_the_rest():
+    redactor = QueryRedactor(declared_query_parameters(Contract.load().document))
+    assert redactor.keep == {"db_id", "table"}
+    cases = {
+        "/sessions/x": "/sessions/x",
+        "/sessions/x?db_id=archive&table=t": "/sessions/x?db_id=archive&table=t",
+        "/sessions/x?access_token=s3cret": "/sessions/x?[redacted]",
+        "/sessions/x?s3cret": "/sessions/x?[redacted]",
+        "/sessions/x?db_id=a&token=s3cret&db%5Fid=b&=s3cret": "/sessions/x?db_id=a&[redacted]&db%5Fid=b&[redacted]",
+    }
+    for target, logged in cases.items():
+        record = access_record(target)
+        assert redactor.filter(record) is True
+        assert record.getMessage() == f'127.0.0.1:5000 - "DELETE {logged} HTTP/1.1" 422', target
+
+
+@pytest.mark.live
+@pytest.mark.parametrize("backend", ["sqlite"])  # the log lines are the same on either
+def test_a_key_sent_in_a_query_string_reaches_no_log(tmp_path, make_database_settings):
+    """With serve's access log on, a key sent as a query parameter (as some clients do)
+    is in neither the access line, nor the audit line, nor any other line."""
+    import httpx
+
+    from tests.support import KEY, LiveServer, database_toml
+
+    with LiveServer(tmp_path, database_toml(make_database_settings()), access_log=True) as server:
+        [session_id] = server.seed(1)
+        with httpx.Client(base_url=server.url) as http:
+            answers = [
+                http.delete(f"/sessions/{session_id}?access_token={KEY}"),
+                http.delete(f"/sessions/{session_id}?db_id=default&{KEY}"),
+                http.get(f"/health?token={KEY}"),
+                http.get(f"/metrics?access_token={KEY}"),
+                http.delete(f"/sessions/{session_id}?db_id=default", headers=AUTH),
+            ]
+    assert [a.status_code for a in answers] == [401, 401, 200, 401, 204]
+    log = server.log.read_text()
+    assert f'"DELETE /sessions/{session_id}?db_id=default&[redacted] HTTP/1.1" 401' in log, log
+    assert '"GET /health?[redacted] HTTP/1.1" 200' in log
+    assert len([line for line in log.splitlines() if '"event": "session.delete"' in line]) == 3
     assert KEY not in log

@@ -57,8 +57,13 @@ def assert_failing_cleanly(server: LiveServer, data: AgnoData, session_ids: list
         body = assert_spec_error(response, 500, "INTERNAL_SERVER_ERROR")
         assert body["detail"] == "Failed to delete session" and "Traceback" not in response.text
         print(f"  {session_id}: 500 in {took:.2f}s")
-    health = httpx.get(f"{server.url}/health", timeout=REQUEST_TIMEOUT)
-    assert health.status_code == 503 and "default" in health.text, health.text
+    assert_health_names_it(server)
+
+
+def assert_health_names_it(server: LiveServer) -> str:
+    health = httpx.get(f"{server.url}/health", headers=AUTH, timeout=REQUEST_TIMEOUT)
+    assert health.status_code == 503 and "'default'" in health.text, health.text
+    return health.text
 
 
 def assert_recovered(server: LiveServer, data: AgnoData, session_ids: list[str]) -> None:
@@ -129,6 +134,7 @@ def test_sqlite_disk_full(tmp_path):
                 for session_id in ids[:3]:
                     response = httpx.delete(f"{server.url}/sessions/{session_id}", headers=AUTH, timeout=REQUEST_TIMEOUT)
                     assert_spec_error(response, 500, "INTERNAL_SERVER_ERROR")
+                assert "disk full" in assert_health_names_it(server)
                 filler.unlink()
                 assert_recovered(server, data, ids[:3])
             with database.engine.connect() as conn:
