@@ -25,7 +25,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 from schemathesis.auths import AuthContext, set_on_case
 from schemathesis.generation import GenerationMode
 
-from agentos_sessions.check import TOKEN_ENV, config_path, run_schemathesis
+from agentos_sessions.schemathesis_run import TOKEN_ENV, config_path, run_schemathesis
 from agentos_sessions.contract import contract_path
 from storage import Database
 from tests.support import KEY, AgnoData, LiveServer, database_toml
