@@ -324,3 +324,12 @@ def test_progress_advances_once_per_phase():
             on_event({"PhaseFinished": {"phase": {"name": name}, "status": "success"}})
         assert progress.tasks[0].completed == 4
         assert Counter(t.description for t in progress.tasks) == Counter(["schemathesis: reporting"])
+
+
+def test_the_readme_documents_every_field_of_the_json_report():
+    readme = (ROOT / "README.md").read_text()
+    document = as_json(report_for_render(findings=[Finding("ST101 Server error", "[500]")],
+                                         drift=Drift("x", differences=[])))  # fmt: skip
+    fields = set(document) | set(document["scenario"]) | set(document["schemathesis"]) | set(document["responses"])
+    fields |= set(document["findings"][0]) | set(document["drift"])
+    assert [f for f in sorted(fields) if f"`{f}`" not in readme] == []
