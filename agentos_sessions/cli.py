@@ -52,15 +52,23 @@ def _parser() -> argparse.ArgumentParser:
         "check",
         help="judge a running server against the contract and print a report",
         description="Run the project's contract suite (schemathesis, every check, schemathesis.toml) against "
-        "any server claiming this spec, plus delete → 204 → 404 on disposable ids. Exit 0 only when clean.",
+        "any server claiming this spec, plus delete → 204 → 404 on disposable ids, and compare the target's own "
+        "OpenAPI document with the contract. Exit 0 clean, 1 findings (or drift with --strict-drift), 2 could "
+        "not check.",
     )
     check.add_argument("--url", required=True, help="the server's base URL, e.g. http://127.0.0.1:7777")
     check.add_argument("--token", help=f"its bearer key (default: env {ENV_SECURITY_KEY})")
     check.add_argument("--spec", help="the contract to judge by (default: this project's openapi.yaml)")
-    check.add_argument("--ids-file", help="disposable session ids, one per line ('-' for stdin); they will be deleted")
+    check.add_argument("--ids-file", help="disposable session ids, one per line ('-' for stdin); they will be "
+                       "deleted. Without them the erase is not exercised, and the verdict says so")
     check.add_argument("--max-examples", type=int, default=100, help="schemathesis cases per phase (default 100)")
     check.add_argument("--seed", type=int, default=1, help="schemathesis seed, for a reproducible run (default 1)")
-    check.add_argument("--report-dir", help="keep schemathesis's own reports (JSON, JUnit, HAR) in this directory")
+    check.add_argument("--target-spec", metavar="URL|FILE",
+                       help="the target's own OpenAPI document, for the drift section (default: URL/openapi.json)")
+    check.add_argument("--strict-drift", action="store_true", help="drift from the contract counts as a finding")
+    check.add_argument("--report", action="append", metavar="FORMAT=FILE",
+                       help="also write the report as junit=FILE or json=FILE (repeatable)")
+    check.add_argument("--report-dir", help="keep schemathesis's own reports (JSON run report, NDJSON events) here")
     return parser
 
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import pytest
 
-from agentos_sessions.check import run_schemathesis
+from agentos_sessions.schemathesis_run import run_schemathesis
 from storage import Database
 from tests.support import KEY, AgnoData, LiveServer, database_toml
 

@@ -15,7 +15,6 @@ step.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 
@@ -26,7 +25,7 @@ from hypothesis.stateful import Bundle, RuleBasedStateMachine, invariant, rule, 
 from schemathesis.auths import AuthContext, set_on_case
 from schemathesis.generation import GenerationMode
 
-from agentos_sessions.check import TOKEN_ENV, config_path, run_schemathesis
+from agentos_sessions.schemathesis_run import TOKEN_ENV, config_path, run_schemathesis
 from agentos_sessions.contract import contract_path
 from storage import Database
 from tests.support import KEY, AgnoData, LiveServer, database_toml
@@ -41,12 +40,10 @@ RUNS = 2
 FUZZ_TIMEOUT = 420
 
 
-def phase_summary(report_dir) -> dict[str, dict]:
+def phase_summary(result) -> dict[str, dict]:
     """Per phase: status, skip reason and cases generated, from schemathesis's NDJSON events."""
-    [ndjson] = list(report_dir.glob("ndjson-*.ndjson"))
     phases = {}
-    for line in ndjson.read_text().splitlines():
-        event = json.loads(line)
+    for event in result.events():
         finished = event.get("ScenarioFinished")
         if finished:
             recorded = finished["recorder"].get("cases") or {}
@@ -69,13 +66,13 @@ def test_every_phase_finds_nothing(backend, make_database_settings, tmp_path):
             server.url, KEY, tmp_path / "schemathesis",
             disposable_ids=ids, max_examples=FUZZ_MIN_CASES, seed=FUZZ_SEED,
             extra_args=["--phases", "examples,coverage,fuzzing,stateful"],
-            reports=["ndjson"], timeout=FUZZ_TIMEOUT,
+            timeout=FUZZ_TIMEOUT,
         )  # fmt: skip
     elapsed = time.monotonic() - started
 
     report = result.report
     cases = report.get("test_cases", {})
-    phases = phase_summary(result.report_dir)
+    phases = phase_summary(result)
     print(
         f"\n{backend}: {cases.get('generated')} cases, {cases.get('unique_failures')} findings, {elapsed:.0f}s; "
         + ", ".join(
