@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, ProgrammingError
 from sqlalchemy.schema import CreateSchema
 
 from storage.config import DatabaseSettings
-from storage.schema import POSTGRES_PAYLOAD_SCHEMA, TableRef, layout
+from storage.schema import POSTGRES_PAYLOAD_SCHEMA, TableRef, agentfs_path, layout
 
 logger = logging.getLogger("storage")
 
@@ -340,6 +340,8 @@ def _make_engine(url: str, busy_timeout_ms: int) -> Engine:
         for pragma in sqlite_pragmas(busy_timeout_ms):
             cursor.execute(pragma)
         cursor.close()
+        # Payloads are matched by the path AgentFS stored, which SQLite cannot compute.
+        dbapi_connection.create_function("agentfs_path", 1, agentfs_path, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(conn):
