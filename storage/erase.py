@@ -112,7 +112,7 @@ def erase_batch(conn: Connection, database: Database, requests: Sequence[EraseRe
 
 
 @dataclass(frozen=True, eq=False)
-class _Dependent:
+class Dependent:
     """Rows that belong to a session: in ``table``, owned by the session id in ``owner``,
     a column of ``table`` itself or of ``via``; through ``via``, the rows whose ``columns``
     equal any one of the ``keys`` a ``via`` row gives."""
@@ -145,11 +145,11 @@ class _Dependent:
 
 
 @dataclass(frozen=True, eq=False)
-class _Plan:
+class Plan:
     """The erase for one set of present tables, built once: its statements bind only ids."""
 
     sessions: Table
-    dependents: tuple[_Dependent, ...]  # in the order they are deleted, before the sessions
+    dependents: tuple[Dependent, ...]  # in the order they are deleted, before the sessions
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -176,15 +176,15 @@ def _candidates(database: Database, session_table: SessionTable, erase_traces: b
 
 
 @lru_cache(maxsize=256)
-def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> _Plan:
+def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> Plan:
     sessions_ref, runs_ref, transcripts_ref, compactions_ref, results_ref, payloads_ref, *trace_refs = candidates
     sessions = _table(sessions_ref, "session_id")
-    dependents: list[_Dependent] = []
+    dependents: list[Dependent] = []
 
     def keyed(kind: str, ref: TableRef, key: str) -> Table:
         target = _table(ref, key)
         if ref in present:
-            dependents.append(_Dependent(kind, target, target.c[key]))
+            dependents.append(Dependent(kind, target, target.c[key]))
         return target
 
     keyed("runs", runs_ref, "session_id")
@@ -195,7 +195,7 @@ def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> _Pl
         payloads = _table(payloads_ref, "namespace", "path")
         # Written by AgentFS, a payload is at the path it normalised; written by hand, at the row's.
         keys = ((results.c.namespace, results.c.path), (results.c.namespace, AgentfsPath(results.c.path)))
-        dependents.append(_Dependent("tool_result_payloads", payloads, results.c.session_id, results,
+        dependents.append(Dependent("tool_result_payloads", payloads, results.c.session_id, results,
                                      (payloads.c.namespace, payloads.c.path), keys))  # fmt: skip
     keyed("tool_results", results_ref, "session_id")
     if trace_refs:
@@ -204,9 +204,16 @@ def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> _Pl
         if traces_ref in present and spans_ref in present:
             spans = _table(spans_ref, "trace_id")
             keys = ((traces.c.trace_id,),)
-            dependents.append(_Dependent("spans", spans, traces.c.session_id, traces, (spans.c.trace_id,), keys))
+            dependents.append(Dependent("spans", spans, traces.c.session_id, traces, (spans.c.trace_id,), keys))
         keyed("traces", traces_ref, "session_id")
-    return _Plan(sessions, tuple(dependents))
+    return Plan(sessions, tuple(dependents))
+
+
+def plan_for(conn: Connection, database: Database, session_table: SessionTable, erase_traces: bool) -> Plan:
+    """What an erase of a session in ``session_table`` takes, for the tables this
+    transaction sees; the residue scan and the orphan sweep use it too."""
+    candidates = _candidates(database, session_table, erase_traces)
+    return _plan(candidates, frozenset(database.existing(conn, candidates)))
 
 
 def _erase_ids(conn: Connection, database: Database, session_table: SessionTable, ids: list[str], erase_traces: bool,
@@ -219,7 +226,7 @@ def _erase_ids(conn: Connection, database: Database, session_table: SessionTable
 
 
 @lru_cache(maxsize=4096)
-def _sqlite_statements(plan: _Plan, count: int, dialect) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _sqlite_statements(plan: Plan, count: int, dialect) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """For ``count`` ids: a one-row survey (which sessions exist, each one's rows per kind),
     then the deletes, compiled once with the id each placeholder takes. One row, as
     sqlite3 lets go of the GIL for every row, and getting it back from a busy event loop
@@ -302,7 +309,7 @@ def _postgresql_survey(sessions_ref: TableRef, unknown: tuple[TableRef, ...]):
 
 
 @lru_cache(maxsize=256)
-def _postgresql_erase(plan: _Plan):
+def _postgresql_erase(plan: Plan):
     """One round trip: every delete as a data-modifying CTE returning the session ids of
     the rows it took. The survey took the locks first, so this statement's snapshot sees
     every row committed under those sessions, as separate statements would."""

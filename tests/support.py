@@ -43,6 +43,8 @@ from sqlalchemy import (
     update,
 )
 
+from sqlalchemy.schema import CreateSchema
+
 from agentos_sessions.contract import Contract
 from storage import Database, SessionTable
 from storage.schema import layout
@@ -303,6 +305,24 @@ class AgnoData:
                 for session_id in ids:
                     result[session_id]["tool_result_payloads"] = prefixes[session_id]
         return result
+
+
+def legacy_data_without_foreign_key(make_database) -> AgnoData:
+    """A database whose one sessions table has a runs table without a foreign key (an
+    older layout), so runs can outlive their session."""
+    custom = SessionTable.named("legacy_sessions", runs_table="legacy_runs_without_fk")
+    agno = AgnoData(make_database(session_tables=(custom,)), custom)
+    metadata = agno.sessions.metadata
+    runs_without_fk = Table(
+        custom.runs_table, MetaData(schema=metadata.schema),
+        *(Column(c.name, c.type, primary_key=c.primary_key) for c in agno.runs.columns),
+    )  # fmt: skip
+    with agno.database.engine.begin() as conn:
+        if metadata.schema:
+            conn.execute(CreateSchema(metadata.schema, if_not_exists=True))
+        metadata.create_all(conn, tables=[agno.sessions])
+        runs_without_fk.create(conn)
+    return agno
 
 
 def rows_mentioning(engine, text: str, *, schemas: tuple[str | None, ...] = (None,)) -> dict[str, int]:
