@@ -78,23 +78,27 @@ def _schemas(database: Database) -> tuple[str | None, ...]:
     return (None,)
 
 
-def _text_columns(conn: Connection, database: Database) -> Iterator[tuple[str, Table]]:
+def _text_columns(conn: Connection, database: Database, skip: str | None) -> Iterator[tuple[str, Table]]:
     inspector = inspect(conn)
-    for schema in _schemas(database):
+    schemas = _schemas(database)
+    for schema in schemas:
         for name in inspector.get_table_names(schema=schema):
+            if (schema, name) == (schemas[0], skip):  # the audit table is in the database's own schema
+                continue
             columns = [Column(c["name"], c["type"]) for c in inspector.get_columns(name, schema=schema)]
             table = Table(name, MetaData(schema=schema), *(c for c in columns if _holds_text(c.type)))
             if table.columns:
                 yield (f"{schema}.{name}" if schema else name), table
 
 
-def scan(database: Database, session_ids: Iterable[str]) -> list[Residue]:
+def scan(database: Database, session_ids: Iterable[str], *, audit_table: str | None = None) -> list[Residue]:
     """Every (table, column) whose rows hold one of ``session_ids``, by case-sensitive
-    substring (so an id inside a longer one counts too), with how many rows."""
+    substring (so an id inside a longer one counts too), with how many rows; not the
+    audit table, which keeps erased ids by design."""
     position = func.strpos if database.dialect == "postgresql" else func.instr
     found = []
     with database.engine.connect() as conn:
-        for qualified, table in _text_columns(conn, database):
+        for qualified, table in _text_columns(conn, database, audit_table):
             for session_id in session_ids:
                 spellings = _spellings(session_id, database.dialect)
                 if not spellings:

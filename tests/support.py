@@ -34,6 +34,7 @@ from sqlalchemy import (
     Table,
     Text,
     cast,
+    delete,
     func,
     insert,
     inspect,
@@ -305,6 +306,14 @@ class AgnoData:
                 for session_id in ids:
                     result[session_id]["tool_result_payloads"] = prefixes[session_id]
         return result
+
+
+def orphan_session(data: AgnoData, session_id: str) -> None:
+    """A session whose row went while its agent kept writing: here, the row deleted alone
+    (on a runs table with a foreign key, its runs go with it)."""
+    data.add_session(session_id)
+    with data.database.engine.begin() as conn:
+        conn.execute(delete(data.sessions).where(data.sessions.c.session_id == session_id))
 
 
 def legacy_data_without_foreign_key(make_database) -> AgnoData:

@@ -5,12 +5,12 @@ session that came back keeps its rows."""
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import delete, insert, select
+from sqlalchemy import insert, select
 
 from storage import AuditEntry, erase_session
 from storage.audit import audit_table
 from storage.residue import Orphans, find_orphans, scan, sweep_orphans
-from tests.support import AgnoData, legacy_data_without_foreign_key, now, unique_ids
+from tests.support import legacy_data_without_foreign_key, now, orphan_session, unique_ids
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -54,17 +54,9 @@ def test_scan_finds_every_row_that_holds_the_id_and_nothing_else(database, data,
     assert found(database, other) == HOLDERS
 
 
-def make_orphans(data: AgnoData, session_id: str) -> None:
-    """A session whose row went while its agent kept writing: here, the row deleted alone
-    (on a runs table with a foreign key, its runs go with it)."""
-    data.add_session(session_id)
-    with data.database.engine.begin() as conn:
-        conn.execute(delete(data.sessions).where(data.sessions.c.session_id == session_id))
-
-
 def test_orphans_are_found_by_kind_and_swept_with_their_audit_row(database, data):
     orphaned, kept = unique_ids("orphaned", 1)[0], data.add_session()
-    make_orphans(data, orphaned)
+    orphan_session(data, orphaned)
     kept_before = data.counts(kept)
 
     assert find_orphans(database) == [Orphans(database.id, orphaned, SIDE_KINDS)]
@@ -81,11 +73,14 @@ def test_orphans_are_found_by_kind_and_swept_with_their_audit_row(database, data
     with database.engine.connect() as conn:
         recorded = conn.execute(select(rows.c.request_id, rows.c.caller, rows.c.session_id, rows.c.rows_erased)).all()
     assert [tuple(r) for r in recorded] == [("sweep-1", "cli", orphaned, SIDE_KINDS | TRACE_KINDS)]
+    # The audit row keeps the id by design: the scan skips the audit table it is told of.
+    assert [(r.table.rpartition(".")[2], r.column) for r in scan(database, [orphaned])] == [("erasures", "session_id")]
+    assert scan(database, [orphaned], audit_table="erasures") == []
 
 
 def test_orphan_runs_of_a_runs_table_without_a_foreign_key(make_database):
     agno = legacy_data_without_foreign_key(make_database)
-    make_orphans(agno, "left-behind")
+    orphan_session(agno, "left-behind")
     assert find_orphans(agno.database) == [Orphans(agno.database.id, "left-behind", {"runs": 2})]
     assert sweep_orphans(agno.database, ["left-behind"])["left-behind"].counts == {"runs": 2}
     assert agno.counts("left-behind")["runs"] == 0
@@ -93,7 +88,7 @@ def test_orphan_runs_of_a_runs_table_without_a_foreign_key(make_database):
 
 def test_a_session_that_came_back_keeps_its_rows(database, data):
     session_id, = unique_ids("back", 1)
-    make_orphans(data, session_id)
+    orphan_session(data, session_id)
     assert [o.session_id for o in find_orphans(database)] == [session_id]
     with database.engine.begin() as conn:
         conn.execute(insert(data.sessions), {"session_id": session_id, "session_type": "agent", "created_at": now()})
