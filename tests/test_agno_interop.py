@@ -14,10 +14,10 @@ from urllib.parse import quote
 import pytest
 from sqlalchemy import func, literal, select, text
 
-from agentos_sessions.settings import DatabaseSettings, SessionTable
+from agentos_sessions.settings import DatabaseSettings
 from storage import Database
 from storage.schema import AgentfsPath, agentfs_path
-from tests.support import AUTH, postgres_url, rows_mentioning
+from tests.support import AUTH, rows_mentioning
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
@@ -32,35 +32,6 @@ with warnings.catch_warnings():
     from agno.tracing.schemas import Span, Trace
 
 pytestmark = pytest.mark.usefixtures("backend")
-
-
-@pytest.fixture
-def agno_db(backend, tmp_path):
-    """Opens Agno databases of the current backend and the matching service settings."""
-    made = []
-
-    def make(db_id: str, session_table: str | None = None):
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / f'{db_id}.db'}"
-            db = SqliteDb(db_file=str(tmp_path / f"{db_id}.db"), session_table=session_table, id=db_id)
-            schema = None
-        else:
-            url = postgres_url()
-            schema = f"agno_{uuid.uuid4().hex[:10]}"
-            db = PostgresDb(db_url=url, db_schema=schema, session_table=session_table, id=db_id)
-        made.append((db, schema))
-        settings = DatabaseSettings(
-            id=db_id, url=url, session_tables=(SessionTable.named(db.session_table_name),), schema=schema,
-            create_tables=False,
-        )  # fmt: skip
-        return db, settings
-
-    yield make
-    for db, schema in made:
-        if schema:
-            with db.db_engine.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        db.db_engine.dispose()
 
 
 def write_conversation(db, session_id: str, *, runs: int = 3) -> None:
@@ -238,7 +209,7 @@ def test_ids_in_either_unicode_form_are_erased_with_every_payload_and_only_their
     db, settings = agno_db("default")
     unique = uuid.uuid4().hex[:8]
     sessions = {form: f"{spelled}-{unique}" for form, spelled in (("nfc", NFC), ("nfd", NFD))}
-    run_ids = [f"run0:{NFD}", f"run1:{NFC}"]
+    run_ids = [f"run0:{NFD}.{unique}", f"run1:{NFC}.{unique}"]  # unique: PostgreSQL shares fs.agno_fs
     payloads = len(run_ids) + 1  # and write_conversation's own
     results, namespaces = {}, {}
     for form, session_id in sessions.items():
