@@ -10,10 +10,11 @@ the statement that deletes it, so a session that came back keeps its rows.
 
 from __future__ import annotations
 
+import functools
 import json
 from collections import defaultdict
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Iterable, Iterator
 
 from sqlalchemy import (
     JSON,
@@ -145,7 +146,9 @@ def sweep_orphans(database: Database, session_ids: Iterable[str], *, erase_trace
     an id whose session exists again keeps its rows (and is not in the answer)."""
     swept = {}
     for session_id in session_ids:
-        rows = database.write(lambda conn: _sweep_one(conn, database, session_id, erase_traces, audit_table, audit))
+        sweep = functools.partial(_sweep_one, database=database, session_id=session_id, erase_traces=erase_traces,
+                                  audit_table=audit_table, audit=audit)  # fmt: skip
+        rows = database.write(sweep)
         if rows.counts:
             swept[session_id] = rows
     return swept

@@ -15,6 +15,7 @@ import logging
 import os
 import random
 import threading
+import time
 import uuid
 import warnings
 from collections import Counter
@@ -91,6 +92,7 @@ def test_a_running_agents_late_writes_are_found_and_swept(agno_db, make_client, 
     client = make_client(databases=(settings,))
     database = client.storage.databases[settings.id]
     agent = RunningAgent(db, session_ids)
+    started = time.monotonic()
     agent.start()
     try:
         wait_until(lambda: agent.rounds >= 1, timeout=120, what="the agent's first round")
@@ -98,13 +100,14 @@ def test_a_running_agents_late_writes_are_found_and_swept(agno_db, make_client, 
                            for session_id in random.Random(3).sample(session_ids, len(session_ids)))  # fmt: skip
     finally:
         agent.finish()
+    raced = time.monotonic() - started
     assert statuses == {204: SESSIONS} and agent.errors == []
 
     orphans = find_orphans(database)
     found = sum((Counter(o.rows) for o in orphans), Counter())
     swept = sweep_orphans(database, [o.session_id for o in orphans])
 
-    print(f"\n{SESSIONS} sessions, {agent.rounds} rounds of writes: {dict(agent.writes)}; {statuses[204]} deletes; "
+    print(f"\n{raced:.1f} s race, {SESSIONS} sessions, {agent.rounds} rounds of writes: {dict(agent.writes)}; {statuses[204]} deletes; "
           f"orphans under {len(orphans)} ids: {dict(found)}; swept {sum(sum(r.counts.values()) for r in swept.values())}")
     # The last round came after every delete: each session has late rows, none of them runs.
     assert sorted(o.session_id for o in orphans) == sorted(session_ids)
