@@ -1,5 +1,6 @@
 """The ``agentos-sessions`` command: serve the contract, seed demo sessions, judge a server,
-or find (and sweep) what erases left behind. Exit codes: 0 clean, 1 findings, 2 could not run."""
+or find (and sweep) what erases left behind; check, scan and orphans exit 0 when clean, 1
+with findings, 2 when they could not run."""
 
 from __future__ import annotations
 

@@ -37,14 +37,7 @@ from sqlalchemy import (
 from storage.audit import AuditEntry, record_erasures
 from storage.config import SessionTable
 from storage.database import Database
-from storage.schema import (
-    COMPACTIONS_TABLE,
-    PAYLOAD_TABLE,
-    TOOL_RESULTS_TABLE,
-    TRANSCRIPTS_TABLE,
-    AgentfsPath,
-    TableRef,
-)
+from storage.schema import COMPACTIONS_TABLE, PAYLOAD_TABLE, TOOL_RESULTS_TABLE, TRANSCRIPTS_TABLE, AgentfsPath, TableRef
 
 _pg_tables = Table("pg_tables", MetaData(schema="pg_catalog"), Column("schemaname", String), Column("tablename", String))
 
