@@ -1,15 +1,26 @@
-"""The ``agentos-sessions`` command: serve the contract, or seed demo sessions."""
+"""The ``agentos-sessions`` command: serve the contract, seed demo sessions, judge a server,
+or find (and sweep) what erases left behind; check, scan and orphans exit 0 when clean, 1
+with findings, 2 when they could not run."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
+import json
 import os
 import resource
 import shutil
 import sys
 
-from agentos_sessions.settings import ENV_CONFIG, ENV_SECURITY_KEY, SettingsError, env_name, load_settings
+from agentos_sessions.settings import (
+    ENV_CONFIG,
+    ENV_SECURITY_KEY,
+    SettingsError,
+    env_name,
+    load_settings,
+    open_storage,
+)
 
 ENV_HOST, ENV_PORT, ENV_WORKERS = env_name("host"), env_name("port"), env_name("workers")
 
@@ -69,6 +80,29 @@ def _parser() -> argparse.ArgumentParser:
     check.add_argument("--report", action="append", metavar="FORMAT=FILE",
                        help="also write the report as junit=FILE or json=FILE (repeatable)")
     check.add_argument("--report-dir", help="keep schemathesis's own reports (JSON run report, NDJSON events) here")
+
+    scan = commands.add_parser(
+        "scan",
+        help="report every row that still holds these session ids",
+        description="Search every text column of every table of the configured databases for each id (as "
+        "text and as JSON writes it, case-sensitively, inside longer text too) and print one line per "
+        "table and column that holds it. Exit 0 nothing found, 1 found, 2 could not run.",
+    )
+    scan.add_argument("session_ids", nargs="+", metavar="SESSION_ID", help="ids to look for")
+    scan.add_argument("--db-id", help="only this database (default: every configured one)")
+    scan.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
+
+    orphans = commands.add_parser(
+        "orphans",
+        help="report, and with --erase sweep, rows whose session no longer exists",
+        description="List the rows an erase takes (runs, transcripts, compactions, tool results and their "
+        "payloads; traces and spans with erase_traces) whose session is gone, by session id. With --erase, "
+        "erase them, one transaction and one audit line (and audit_table row) per id. Exit 0 none left, "
+        "1 found (without --erase), 2 could not run.",
+    )
+    orphans.add_argument("--erase", action="store_true", help="erase the orphans found")
+    orphans.add_argument("--db-id", help="only this database (default: every configured one)")
+    orphans.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
     return parser
 
 
@@ -86,7 +120,6 @@ def _serve(args: argparse.Namespace) -> int:
     from agentos_sessions.app import announce_generated_key
     from agentos_sessions.http import H11_MAX_INCOMPLETE_EVENT_SIZE, BoundedH11Protocol
     from agentos_sessions.observability import logging_config, prepare_multiprocess_dir
-    from agentos_sessions.settings import open_storage
 
     # Workers are separate processes that rebuild settings from the environment, so
     # every choice made here travels through it.
@@ -121,7 +154,6 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _seed(args: argparse.Namespace) -> int:
-    from agentos_sessions.settings import open_storage
     from storage.seed import seed_sessions
 
     storage = open_storage(load_settings(config_file=args.config))
@@ -134,6 +166,73 @@ def _seed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _quoted(session_id: str) -> str:
+    # Ids may hold anything, newlines included: one finding stays on one line.
+    return json.dumps(session_id, ensure_ascii=False)
+
+
+def _kinds(rows: dict[str, int]) -> str:
+    return ", ".join(f"{kind} {count}" for kind, count in rows.items())
+
+
+def _databases(storage, db_id: str | None) -> list:
+    return [storage.locate(db_id, None).database] if db_id else list(storage.databases.values())
+
+
+def _scan(args: argparse.Namespace, settings) -> int:
+    from storage.residue import scan
+
+    storage = open_storage(settings)
+    try:
+        found = [residue for database in _databases(storage, args.db_id) for residue in scan(database, args.session_ids, audit_table=settings.audit_table)]
+    finally:
+        storage.close()
+    if args.json:
+        print(json.dumps([dataclasses.asdict(r) for r in found], ensure_ascii=False))
+    else:
+        for r in found:
+            print(f"{r.db_id}: {r.table}.{r.column}: {r.rows} row(s) hold {_quoted(r.session_id)}")
+        held = len({r.session_id for r in found})
+        print(f"scan: {held} of {len(set(args.session_ids))} id(s) found in {len(found)} column(s)" if found
+              else "scan: no row holds these ids")  # fmt: skip
+    return 1 if found else 0
+
+
+def _orphans(args: argparse.Namespace, settings) -> int:
+    from agentos_sessions.observability import audit_lines_to, audit_sweep, sweep_audit_entry
+    from storage.residue import find_orphans, sweep_orphans
+
+    if args.erase:
+        audit_lines_to(sys.stderr)  # stdout is the report
+    storage = open_storage(settings)
+    audit = sweep_audit_entry()
+    report = []
+    try:
+        for database in _databases(storage, args.db_id):
+            found = find_orphans(database, erase_traces=settings.erase_traces)
+            swept = {}
+            if args.erase:
+                swept = sweep_orphans(database, [o.session_id for o in found], erase_traces=settings.erase_traces,
+                                      audit_table=settings.audit_table, audit=audit)  # fmt: skip
+                for session_id, rows in swept.items():
+                    audit_sweep(audit, database.id, database.settings.default_session_table.name, session_id, rows)
+            report += [{"db_id": o.db_id, "session_id": o.session_id, "rows": o.rows,
+                        "swept": swept[o.session_id].counts if o.session_id in swept else None} for o in found]  # fmt: skip
+    finally:
+        storage.close()
+    if args.json:
+        print(json.dumps(report, ensure_ascii=False))
+    else:
+        for o in report:
+            done = f"swept {_kinds(o['swept'])}" if o["swept"] else _kinds(o["rows"])
+            print(f"{o['db_id']}: {_quoted(o['session_id'])} has no session: {done}")
+        rows = sum(sum(o["rows"].values()) for o in report)
+        verb = "swept" if args.erase else "found"
+        print(f"orphans: {verb} {rows} row(s) under {len(report)} id(s) with no session" if report
+              else "orphans: none")  # fmt: skip
+    return 1 if report and not args.erase else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
@@ -143,10 +242,30 @@ def main(argv: list[str] | None = None) -> int:
             return check_main(args)
         if args.command == "serve":
             return _serve(args)
+        if args.command in ("scan", "orphans"):
+            return _residue(args)
         return _seed(args)
     except SettingsError as exc:
         print(f"agentos-sessions: configuration error: {exc}", file=sys.stderr)
         return 2
+
+
+def _residue(args: argparse.Namespace) -> int:
+    """scan and orphans: a database that cannot be read, or an unknown --db-id, is exit 2."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from storage import TargetError
+
+    settings = load_settings(config_file=args.config)
+    try:
+        return (_scan if args.command == "scan" else _orphans)(args, settings)
+    except TargetError as exc:
+        print(f"agentos-sessions: {exc}", file=sys.stderr)
+    except SQLAlchemyError as exc:
+        # The driver's own message: what failed, never the URL's password.
+        reason = str(getattr(exc, "orig", None) or exc).splitlines()[0]
+        print(f"agentos-sessions: the database could not be read: {reason}", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from agentos_sessions.security import key_fingerprint
 from handlers.errors import error_code_for
 from handlers.sessions import DELETE_OPERATION, RequestRecord, current_record
+from storage import AuditEntry, ErasedRows
 
 REQUEST_ID_HEADER = "X-Request-ID"
 AUDIT_LOGGER = "agentos_sessions.audit"
@@ -187,6 +188,31 @@ def audit_record(scope: Scope, record: RequestRecord, status: int, seconds: floa
         "rows_erased": dict(record.erased.counts) if record.erased is not None else {},
         "duration_ms": round(seconds * 1000, 3),
     }
+
+
+def sweep_audit_entry() -> AuditEntry:
+    """One orphan sweep: an id of its own, shared by its lines and rows; the caller is the
+    operator at the command line, who holds no key to fingerprint."""
+    return AuditEntry(request_id=f"orphans-{uuid.uuid4().hex}", caller="cli")
+
+
+def audit_sweep(entry: AuditEntry, db_id: str, table: str, session_id: str, rows: ErasedRows) -> None:
+    """The audit line of an orphan sweep of one id, in the shape of an erase's."""
+    audit_logger.info(json.dumps({
+        "event": "session.orphans_erased", "time": datetime.now(timezone.utc).isoformat(timespec="milliseconds"),
+        "request_id": entry.request_id, "caller": entry.caller, "db_id": db_id, "table": table,
+        "session_id": _clip(session_id), "outcome": "orphans_erased", "rows_erased": dict(rows.counts),
+    }, ensure_ascii=False))  # fmt: skip
+
+
+def audit_lines_to(stream) -> None:
+    """Outside ``serve`` (a command's own run), audit lines go to ``stream`` as bare JSON."""
+    if not audit_logger.handlers:
+        handler = logging.StreamHandler(stream)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        audit_logger.addHandler(handler)
+        audit_logger.setLevel(logging.INFO)
+        audit_logger.propagate = False
 
 
 class OperatorMiddleware:

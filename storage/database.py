@@ -24,6 +24,7 @@ from storage.schema import (
     TOOL_RESULTS_TABLE,
     TRANSCRIPTS_TABLE,
     TableRef,
+    agentfs_path,
     layout,
 )
 
@@ -461,6 +462,8 @@ def _make_engine(url: str, busy_timeout_ms: int) -> Engine:
         for pragma in sqlite_pragmas(busy_timeout_ms):
             cursor.execute(pragma)
         cursor.close()
+        # Payloads are matched by the path AgentFS stored, which SQLite cannot compute.
+        dbapi_connection.create_function("agentfs_path", 1, agentfs_path, deterministic=True)
 
     @event.listens_for(engine, "begin")
     def _begin(conn):

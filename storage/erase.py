@@ -17,6 +17,7 @@ from typing import Sequence
 from sqlalchemy import (
     ARRAY,
     Column,
+    ColumnElement,
     Connection,
     MetaData,
     String,
@@ -27,14 +28,16 @@ from sqlalchemy import (
     delete,
     exists,
     func,
+    or_,
     select,
     tuple_,
+    union,
 )
 
 from storage.audit import AuditEntry, record_erasures
 from storage.config import SessionTable
 from storage.database import Database
-from storage.schema import COMPACTIONS_TABLE, PAYLOAD_TABLE, TOOL_RESULTS_TABLE, TRANSCRIPTS_TABLE, TableRef
+from storage.schema import COMPACTIONS_TABLE, PAYLOAD_TABLE, TOOL_RESULTS_TABLE, TRANSCRIPTS_TABLE, AgentfsPath, TableRef
 
 _pg_tables = Table("pg_tables", MetaData(schema="pg_catalog"), Column("schemaname", String), Column("tablename", String))
 
@@ -102,39 +105,44 @@ def erase_batch(conn: Connection, database: Database, requests: Sequence[EraseRe
 
 
 @dataclass(frozen=True, eq=False)
-class _Dependent:
+class Dependent:
     """Rows that belong to a session: in ``table``, owned by the session id in ``owner``,
-    a column of ``table`` itself or of ``via``, joined on the ``match`` column pairs."""
+    a column of ``table`` itself or of ``via``; through ``via``, the rows whose ``columns``
+    equal any one of the ``keys`` a ``via`` row gives."""
 
     kind: str
     table: Table
     owner: Column
     via: Table | None = None
-    match: tuple[tuple[Column, Column], ...] = ()
+    columns: tuple[Column, ...] = ()
+    keys: tuple[tuple[ColumnElement, ...], ...] = ()
+
+    def _matched(self):
+        return or_(*(and_(*(mine == theirs for mine, theirs in zip(self.columns, key))) for key in self.keys))
 
     def rows(self):
         if self.via is None:
             return self.table
-        return self.table.join(self.via, and_(*(mine == theirs for mine, theirs in self.match)))
+        return self.table.join(self.via, self._matched())
 
     def delete_owned_by(self, ids):
         if self.via is None:
             return delete(self.table).where(self.owner.in_(ids))
-        keys = select(*(theirs for _, theirs in self.match)).where(self.owner.in_(ids))
-        return delete(self.table).where(tuple_(*(mine for mine, _ in self.match)).in_(keys))
+        keys = [select(*key).where(self.owner.in_(ids)) for key in self.keys]
+        return delete(self.table).where(tuple_(*self.columns).in_(union(*keys) if len(keys) > 1 else keys[0]))
 
     def delete_returning_owner(self, ids):
         """PostgreSQL: the same delete, returning each deleted row's session id."""
-        statement = delete(self.table).where(*(mine == theirs for mine, theirs in self.match))
-        return statement.where(self.owner == any_(ids)).returning(self.owner)
+        statement = delete(self.table).where(self.owner == any_(ids)).returning(self.owner)
+        return statement if self.via is None else statement.where(self._matched())
 
 
 @dataclass(frozen=True, eq=False)
-class _Plan:
+class Plan:
     """The erase for one set of present tables, built once: its statements bind only ids."""
 
     sessions: Table
-    dependents: tuple[_Dependent, ...]  # in the order they are deleted, before the sessions
+    dependents: tuple[Dependent, ...]  # in the order they are deleted, before the sessions
 
     @property
     def kinds(self) -> tuple[str, ...]:
@@ -161,15 +169,15 @@ def _candidates(database: Database, session_table: SessionTable, erase_traces: b
 
 
 @lru_cache(maxsize=256)
-def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> _Plan:
+def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> Plan:
     sessions_ref, runs_ref, transcripts_ref, compactions_ref, results_ref, payloads_ref, *trace_refs = candidates
     sessions = _table(sessions_ref, "session_id")
-    dependents: list[_Dependent] = []
+    dependents: list[Dependent] = []
 
     def keyed(kind: str, ref: TableRef, key: str) -> Table:
         target = _table(ref, key)
         if ref in present:
-            dependents.append(_Dependent(kind, target, target.c[key]))
+            dependents.append(Dependent(kind, target, target.c[key]))
         return target
 
     keyed("runs", runs_ref, "session_id")
@@ -178,18 +186,27 @@ def _plan(candidates: tuple[TableRef, ...], present: frozenset[TableRef]) -> _Pl
     results = _table(results_ref, "session_id", "namespace", "path")
     if results_ref in present and payloads_ref in present:
         payloads = _table(payloads_ref, "namespace", "path")
-        match = ((payloads.c.namespace, results.c.namespace), (payloads.c.path, results.c.path))
-        dependents.append(_Dependent("tool_result_payloads", payloads, results.c.session_id, results, match))
+        # Written by AgentFS, a payload is at the path it normalised; written by hand, at the row's.
+        keys = ((results.c.namespace, results.c.path), (results.c.namespace, AgentfsPath(results.c.path)))
+        dependents.append(Dependent("tool_result_payloads", payloads, results.c.session_id, results,
+                                     (payloads.c.namespace, payloads.c.path), keys))  # fmt: skip
     keyed("tool_results", results_ref, "session_id")
     if trace_refs:
         traces_ref, spans_ref = trace_refs
         traces = _table(traces_ref, "trace_id", "session_id")
         if traces_ref in present and spans_ref in present:
             spans = _table(spans_ref, "trace_id")
-            match = ((spans.c.trace_id, traces.c.trace_id),)
-            dependents.append(_Dependent("spans", spans, traces.c.session_id, traces, match))
+            keys = ((traces.c.trace_id,),)
+            dependents.append(Dependent("spans", spans, traces.c.session_id, traces, (spans.c.trace_id,), keys))
         keyed("traces", traces_ref, "session_id")
-    return _Plan(sessions, tuple(dependents))
+    return Plan(sessions, tuple(dependents))
+
+
+def plan_for(conn: Connection, database: Database, session_table: SessionTable, erase_traces: bool) -> Plan:
+    """What an erase of a session in ``session_table`` takes, for the tables this
+    transaction sees; the residue scan and the orphan sweep use it too."""
+    candidates = _candidates(database, session_table, erase_traces)
+    return _plan(candidates, frozenset(database.existing(conn, candidates)))
 
 
 def _erase_ids(conn: Connection, database: Database, session_table: SessionTable, ids: list[str], erase_traces: bool,
@@ -202,7 +219,7 @@ def _erase_ids(conn: Connection, database: Database, session_table: SessionTable
 
 
 @lru_cache(maxsize=4096)
-def _sqlite_statements(plan: _Plan, count: int, dialect) -> tuple[tuple[str, tuple[int, ...]], ...]:
+def _sqlite_statements(plan: Plan, count: int, dialect) -> tuple[tuple[str, tuple[int, ...]], ...]:
     """For ``count`` ids: a one-row survey (which sessions exist, each one's rows per kind),
     then the deletes, compiled once with the id each placeholder takes. One row, as
     sqlite3 lets go of the GIL for every row, and getting it back from a busy event loop
@@ -285,7 +302,7 @@ def _postgresql_survey(sessions_ref: TableRef, unknown: tuple[TableRef, ...]):
 
 
 @lru_cache(maxsize=256)
-def _postgresql_erase(plan: _Plan):
+def _postgresql_erase(plan: Plan):
     """One round trip: every delete as a data-modifying CTE returning the session ids of
     the rows it took. The survey took the locks first, so this statement's snapshot sees
     every row committed under those sessions, as separate statements would."""

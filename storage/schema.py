@@ -4,10 +4,13 @@ sessions and runs tables a fresh database is given, named and indexed as Agno 3.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass
 
 from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, MetaData, String, Table
 from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import GenericFunction
 
 from storage.config import DatabaseSettings, SessionTable
 
@@ -22,6 +25,34 @@ TOOL_RESULTS_TABLE = "agno_tool_results"
 # on PostgreSQL it has a schema of its own.
 PAYLOAD_TABLE = "agno_fs"
 POSTGRES_PAYLOAD_SCHEMA = "fs"
+
+
+def agentfs_path(path):
+    """A path as AgentFS stores it (``agno/fs/_paths.py``, ``normalize_path``): NFC, runs of
+    '/' as one, no leading '/'. Tool-result rows keep the path their writer gave, which
+    for a run id not in NFC is not the payload's; a namespace on such a row is already
+    AgentFS's own. Anything but text (SQLite may hold it) is returned as it is."""
+    if not isinstance(path, str):
+        return path
+    value = unicodedata.normalize("NFC", path)
+    while "//" in value:
+        value = value.replace("//", "/")
+    return value.removeprefix("/")
+
+
+class AgentfsPath(GenericFunction):
+    """``agentfs_path`` in SQL: on SQLite the Python function each connection registers
+    (``storage/database.py``), on PostgreSQL built from its own functions."""
+
+    type = String()
+    name = "agentfs_path"
+    inherit_cache = True
+
+
+@compiles(AgentfsPath, "postgresql")
+def _agentfs_path_postgresql(element, compiler, **kw):
+    # After the collapse at most one '/' leads, so ltrim removes exactly it.
+    return f"ltrim(regexp_replace(normalize({compiler.process(element.clauses, **kw)}, NFC), '/{{2,}}', '/', 'g'), '/')"
 
 
 @dataclass(frozen=True)

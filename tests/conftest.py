@@ -4,6 +4,7 @@ this module; helpers live in ``tests/support.py``."""
 from __future__ import annotations
 
 import uuid
+import warnings
 from dataclasses import replace
 
 import pytest
@@ -86,6 +87,40 @@ def make_client(make_settings):
     yield make
     for client in clients:
         client.__exit__(None, None, None)
+
+
+@pytest.fixture
+def agno_db(backend, tmp_path):
+    """Opens Agno databases (the real ``agno`` package's) of the current backend, and the
+    matching service settings."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from agno.db.postgres import PostgresDb
+        from agno.db.sqlite import SqliteDb
+    made = []
+
+    def make(db_id: str, session_table: str | None = None):
+        if backend == "sqlite":
+            url = f"sqlite:///{tmp_path / f'{db_id}.db'}"
+            db = SqliteDb(db_file=str(tmp_path / f"{db_id}.db"), session_table=session_table, id=db_id)
+            schema = None
+        else:
+            url = postgres_url()
+            schema = f"agno_{uuid.uuid4().hex[:10]}"
+            db = PostgresDb(db_url=url, db_schema=schema, session_table=session_table, id=db_id)
+        made.append((db, schema))
+        settings = DatabaseSettings(
+            id=db_id, url=url, session_tables=(SessionTable.named(db.session_table_name),), schema=schema,
+            create_tables=False,
+        )  # fmt: skip
+        return db, settings
+
+    yield make
+    for db, schema in made:
+        if schema:
+            with db.db_engine.begin() as conn:
+                conn.execute(DropSchema(schema, cascade=True, if_exists=True))
+        db.db_engine.dispose()
 
 
 @pytest.fixture

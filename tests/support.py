@@ -34,6 +34,7 @@ from sqlalchemy import (
     Table,
     Text,
     cast,
+    delete,
     func,
     insert,
     inspect,
@@ -42,6 +43,8 @@ from sqlalchemy import (
     text,
     update,
 )
+
+from sqlalchemy.schema import CreateSchema
 
 from agentos_sessions.contract import Contract
 from storage import Database, SessionTable
@@ -303,6 +306,32 @@ class AgnoData:
                 for session_id in ids:
                     result[session_id]["tool_result_payloads"] = prefixes[session_id]
         return result
+
+
+def orphan_session(data: AgnoData, session_id: str) -> None:
+    """A session whose row went while its agent kept writing: here, the row deleted alone
+    (on a runs table with a foreign key, its runs go with it)."""
+    data.add_session(session_id)
+    with data.database.engine.begin() as conn:
+        conn.execute(delete(data.sessions).where(data.sessions.c.session_id == session_id))
+
+
+def legacy_data_without_foreign_key(make_database) -> AgnoData:
+    """A database whose one sessions table has a runs table without a foreign key (an
+    older layout), so runs can outlive their session."""
+    custom = SessionTable.named("legacy_sessions", runs_table="legacy_runs_without_fk")
+    agno = AgnoData(make_database(session_tables=(custom,)), custom)
+    metadata = agno.sessions.metadata
+    runs_without_fk = Table(
+        custom.runs_table, MetaData(schema=metadata.schema),
+        *(Column(c.name, c.type, primary_key=c.primary_key) for c in agno.runs.columns),
+    )  # fmt: skip
+    with agno.database.engine.begin() as conn:
+        if metadata.schema:
+            conn.execute(CreateSchema(metadata.schema, if_not_exists=True))
+        metadata.create_all(conn, tables=[agno.sessions])
+        runs_without_fk.create(conn)
+    return agno
 
 
 def rows_mentioning(engine, text: str, *, schemas: tuple[str | None, ...] = (None,)) -> dict[str, int]:

@@ -4,57 +4,34 @@ back by Agno's own code: nothing of the conversation is left, everything else is
 from __future__ import annotations
 
 import json
+import unicodedata
 import uuid
 import warnings
 from dataclasses import replace
 from datetime import datetime, timezone
+from urllib.parse import quote
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, literal, select, text
 
-from agentos_sessions.settings import DatabaseSettings, SessionTable
-from tests.support import AUTH, postgres_url, rows_mentioning
+from agentos_sessions.settings import DatabaseSettings
+from storage import Database
+from storage.schema import AgentfsPath, agentfs_path
+from tests.support import AUTH, rows_mentioning
 
 with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from agno.db.postgres import PostgresDb
     from agno.db.sqlite import SqliteDb
+    from agno.fs import FileSystem
     from agno.fs.db import DbFileSystem
     from agno.models.message import Message
+    from agno.offload import ResultStore
     from agno.run.agent import RunOutput
     from agno.session import AgentSession
     from agno.tracing.schemas import Span, Trace
 
 pytestmark = pytest.mark.usefixtures("backend")
-
-
-@pytest.fixture
-def agno_db(backend, tmp_path):
-    """Opens Agno databases of the current backend and the matching service settings."""
-    made = []
-
-    def make(db_id: str, session_table: str | None = None):
-        if backend == "sqlite":
-            url = f"sqlite:///{tmp_path / f'{db_id}.db'}"
-            db = SqliteDb(db_file=str(tmp_path / f"{db_id}.db"), session_table=session_table, id=db_id)
-            schema = None
-        else:
-            url = postgres_url()
-            schema = f"agno_{uuid.uuid4().hex[:10]}"
-            db = PostgresDb(db_url=url, db_schema=schema, session_table=session_table, id=db_id)
-        made.append((db, schema))
-        settings = DatabaseSettings(
-            id=db_id, url=url, session_tables=(SessionTable.named(db.session_table_name),), schema=schema,
-            create_tables=False,
-        )  # fmt: skip
-        return db, settings
-
-    yield make
-    for db, schema in made:
-        if schema:
-            with db.db_engine.begin() as conn:
-                conn.execute(text(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE'))
-        db.db_engine.dispose()
 
 
 def write_conversation(db, session_id: str, *, runs: int = 3) -> None:
@@ -95,6 +72,24 @@ def write_conversation(db, session_id: str, *, runs: int = 3) -> None:
         span_kind="INTERNAL", status_code="OK", status_message=None, start_time=moment, end_time=moment,
         duration_ms=1, attributes={"input": "question 0"}, created_at=moment,
     ))  # fmt: skip
+
+
+def offload_results(db, session_id: str, run_ids: list[str]) -> list[str]:
+    """A tool result per run, through Agno's own ``ResultStore``: its payload written by
+    AgentFS, which stores the path normalised. Returns the result ids."""
+    store = ResultStore(db=db, threshold_chars=1)
+    return [
+        store.offload(session_id=session_id, run_id=run_id, tool_call_id="call-1", tool_name="search",
+                      tool_args={"q": run_id}, output=f"the full tool output of {run_id}\n" * 3).result_id
+        for run_id in run_ids
+    ]  # fmt: skip
+
+
+def payloads_in(db, namespaces: set[str]) -> int:
+    """Rows of AgentFS's table in these namespaces, whatever their path."""
+    fs = DbFileSystem(db=db)
+    with db.db_engine.connect() as conn:
+        return conn.execute(select(func.count()).select_from(fs.table).where(fs.table.c.namespace.in_(namespaces))).scalar()
 
 
 def residue(db, session_id: str, settings: DatabaseSettings) -> dict[str, int]:
@@ -203,3 +198,56 @@ def test_agno_writes_into_tables_this_service_created(agno_db, make_client):
         assert db.get_runs(session_id=session_id) in ([], None)
     finally:
         db.db_engine.dispose()
+
+
+NFC, NFD = "caf\u00e9", "cafe\u0301"  # one word, two ways Unicode spells it
+
+
+def test_ids_in_either_unicode_form_are_erased_with_every_payload_and_only_their_own(agno_db, make_client):
+    """Agno keeps ids as given; AgentFS stores a payload's path in NFC. Two sessions whose
+    ids differ only in form are two sessions, and each erase takes exactly its own."""
+    db, settings = agno_db("default")
+    unique = uuid.uuid4().hex[:8]
+    sessions = {form: f"{spelled}-{unique}" for form, spelled in (("nfc", NFC), ("nfd", NFD))}
+    run_ids = [f"run0:{NFD}.{unique}", f"run1:{NFC}.{unique}"]  # unique: PostgreSQL shares fs.agno_fs
+    payloads = len(run_ids) + 1  # and write_conversation's own
+    results, namespaces = {}, {}
+    for form, session_id in sessions.items():
+        write_conversation(db, session_id, runs=1)
+        results[form] = offload_results(db, session_id, run_ids)
+        namespaces[form] = {row["namespace"] for row in db.get_tool_results_for_session(session_id)}
+        assert payloads_in(db, namespaces[form]) == payloads
+    client = make_client(databases=(settings,), erase_traces=True)
+    store = ResultStore(db=db)
+
+    for erased, kept in (("nfd", "nfc"), ("nfc", None)):
+        response = client.delete(f"/sessions/{quote(sessions[erased], safe='')}", headers=AUTH)
+        assert response.status_code == 204
+        assert db.get_session(sessions[erased], session_type="agent") is None
+        assert payloads_in(db, namespaces[erased]) == 0
+        assert residue(db, sessions[erased], settings) == {}
+        if kept:
+            assert_agno_sees_it(db, sessions[kept], runs=1)
+            assert all(run_id in store.read(result_id).text for result_id, run_id in zip(results[kept], run_ids))
+            assert payloads_in(db, namespaces[kept]) == payloads
+    # The run ids are in payload paths too, there in NFC: no form of them is left anywhere.
+    for run_id in run_ids:
+        for spelled in {unicodedata.normalize(form, run_id) for form in ("NFC", "NFD")}:
+            assert residue(db, spelled, settings) == {}
+
+
+@pytest.mark.parametrize("path", [f"results/run0:{NFD}/r.txt", f"/{NFD}//a///b.txt", "plain/path.txt", f"{NFC}/x"])
+def test_the_service_computes_a_payload_path_as_agentfs_stores_it(agno_db, path):
+    db, settings = agno_db("default")
+    namespace = f"ns-{uuid.uuid4().hex[:8]}"
+    FileSystem(backend=DbFileSystem(db=db), namespace=namespace).write(path, "content")
+    table = DbFileSystem(db=db).table
+    with db.db_engine.connect() as conn:
+        stored = conn.execute(select(table.c.path).where(table.c.namespace == namespace)).scalar_one()
+    database = Database(settings)
+    try:
+        with database.engine.connect() as conn:
+            in_sql = conn.execute(select(AgentfsPath(literal(path)))).scalar_one()
+    finally:
+        database.dispose()
+    assert agentfs_path(path) == in_sql == stored

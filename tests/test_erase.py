@@ -7,14 +7,13 @@ import threading
 from contextlib import contextmanager
 
 import pytest
-from sqlalchemy import Column, MetaData, Table, event, inspect, select, text
-from sqlalchemy.schema import CreateSchema
+from sqlalchemy import event, inspect, select, text
 
 import storage.erase
-from storage import AuditEntry, SessionTable, erase_session
+from storage import AuditEntry, erase_session
 from storage.audit import audit_table, create_audit_table
 from storage.erase import EraseRequest, erase_batch
-from tests.support import CONVERSATION_KINDS, AgnoData, conversation_gone, unique_ids
+from tests.support import CONVERSATION_KINDS, AgnoData, conversation_gone, legacy_data_without_foreign_key, unique_ids
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -105,21 +104,10 @@ def test_a_table_dropped_after_being_seen_does_not_break_erasing(database, data)
 
 
 def test_runs_table_without_foreign_key_is_still_erased(make_database):
-    custom = SessionTable.named("legacy_sessions", runs_table="legacy_runs_without_fk")
-    database = make_database(session_tables=(custom,))
-    agno = AgnoData(database, custom)
-    metadata = agno.sessions.metadata
-    runs_without_fk = Table(
-        "legacy_runs_without_fk", MetaData(schema=metadata.schema),
-        *(Column(c.name, c.type, primary_key=c.primary_key) for c in agno.runs.columns),
-    )  # fmt: skip
-    with database.engine.begin() as conn:
-        if metadata.schema:
-            conn.execute(CreateSchema(metadata.schema, if_not_exists=True))
-        metadata.create_all(conn, tables=[agno.sessions])
-        runs_without_fk.create(conn)
+    agno = legacy_data_without_foreign_key(make_database)
+    database, custom = agno.database, agno.database.settings.default_session_table
     session_id = agno.add_session(everything=False)
-    assert inspect(database.engine).get_foreign_keys("legacy_runs_without_fk", schema=metadata.schema) == []
+    assert inspect(database.engine).get_foreign_keys(custom.runs_table, schema=agno.sessions.schema) == []
     assert erase_session(database, custom, session_id).counts == {"runs": 2, "sessions": 1}
     assert agno.counts(session_id)["runs"] == 0
 

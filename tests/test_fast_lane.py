@@ -15,12 +15,14 @@ from dataclasses import dataclass, field, replace
 from urllib.parse import quote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from agentos_sessions import app as app_module
 from agentos_sessions.contract import Contract
 from agentos_sessions.fast_lane import Route, keeps_keys_plain
 from handlers.sessions import erase_and_answer
-from tests.support import AUTH, KEY, AgnoData, refuse_compaction_deletes, unique_ids
+from tests.support import AUTH, CONVERSATION_KINDS, KEY, AgnoData, refuse_compaction_deletes, unique_ids
 
 
 def route_from(document):
@@ -59,6 +61,9 @@ CASES = [
     Case("id with an encoded slash", lane=False, session_id="a/b-{id}"),
     Case("id with a newline", lane=False, session_id="line\nbreak-{id}"),
     Case("non-ascii id", lane=False, session_id="sesión-{id}"),
+    Case("id in NFD", lane=False, session_id="cafe\u0301-{id}"),
+    Case("four-byte character", lane=False, session_id="\U0001f600-{id}"),
+    Case("percent sign in id", lane=False, session_id="100%-{id}"),
     Case("id starting with a dot", lane=False, session_id=".{id}"),
     Case("empty db_id", lane=False, query="db_id="),
     Case("repeated db_id", lane=False, query="db_id=default&db_id=default"),
@@ -127,6 +132,25 @@ def test_lane_answers_exactly_as_connexion(clients, lane_calls, case):
 
     assert through_lane["by_lane"] is case.lane
     assert through_connexion["by_lane"] is False
+    assert {k: v for k, v in through_lane.items() if k != "by_lane"} == {
+        k: v for k, v in through_connexion.items() if k != "by_lane"
+    }
+
+
+# Any text Agno can store as an id (PostgreSQL text holds no NUL), as UTF-8 and percent-encoded.
+_STORABLE_TEXT = st.text(st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), min_size=1, max_size=8)
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(text=_STORABLE_TEXT)
+def test_any_id_agno_can_store_is_erased_alike_with_and_without_the_lane(clients, lane_calls, text):
+    with_lane, without_lane, data = clients
+    case = Case("generated", lane=False, session_id=text + "-{id}")
+    lane_id, plain_id = unique_ids("any", 2)
+    through_lane = answer(with_lane, data, case, lane_id, lane_calls)
+    through_connexion = answer(without_lane, data, case, plain_id, lane_calls)
+    assert through_lane["status"] == 204
+    assert [through_lane["left"][kind] for kind in CONVERSATION_KINDS] == [0] * len(CONVERSATION_KINDS)
     assert {k: v for k, v in through_lane.items() if k != "by_lane"} == {
         k: v for k, v in through_connexion.items() if k != "by_lane"
     }
