@@ -1,7 +1,7 @@
 """Typed settings, read once from environment variables and an optional TOML file.
 
 Environment variables override the file, the file the defaults. Each scalar setting is
-the TOML key ``name`` and the variable ``AGENTOS_SESSIONS_<NAME>``, in README.md
+the TOML key ``name`` and the variable ``AGENTOS_SESSIONS_<NAME>``, in docs/operating.md
 (tests/test_docs.py keeps it so).
 """
 

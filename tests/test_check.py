@@ -326,10 +326,10 @@ def test_progress_advances_once_per_phase():
         assert Counter(t.description for t in progress.tasks) == Counter(["schemathesis: reporting"])
 
 
-def test_the_readme_documents_every_field_of_the_json_report():
-    readme = (ROOT / "README.md").read_text()
+def test_the_operating_reference_documents_every_field_of_the_json_report():
+    reference = (ROOT / "docs" / "operating.md").read_text()
     document = as_json(report_for_render(findings=[Finding("ST101 Server error", "[500]")],
                                          drift=Drift("x", differences=[])))  # fmt: skip
     fields = set(document) | set(document["scenario"]) | set(document["schemathesis"]) | set(document["responses"])
     fields |= set(document["findings"][0]) | set(document["drift"])
-    assert [f for f in sorted(fields) if f"`{f}`" not in readme] == []
+    assert [f for f in sorted(fields) if f"`{f}`" not in reference] == []
