@@ -60,8 +60,36 @@ def check_document(document: Any) -> None:
     for error in OpenAPIV31SpecValidator(document).iter_errors():
         # The only rule the view enforces itself: it gives duplicates distinct ids.
         if not isinstance(error, DuplicateOperationIDError):
-            pointer = "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in error.absolute_path)
-            raise InvalidContract(f"{pointer or '/'}: {error.message}")
+            raise InvalidContract(f"{_locate(document, list(error.absolute_path), error.instance)}: {error.message}")
+
+
+def _locate(document: dict, path: list, instance: Any) -> str:
+    """The JSON pointer of an error. A schema's errors come with paths inside that schema,
+    so the schema holding ``instance`` at that path is looked for."""
+    roots = [[]] if path and path[0] in document else list(_schema_positions(document, []))
+    found = next((root for root in roots if _at(document, root + path) == instance), [])
+    return "".join("/" + str(t).replace("~", "~0").replace("/", "~1") for t in found + path) or "/"
+
+
+def _at(node: Any, tokens: list) -> Any:
+    for token in tokens:
+        try:
+            node = node[token]
+        except (KeyError, IndexError, TypeError):
+            return _NOT_A_LITERAL
+    return node
+
+
+def _schema_positions(node: Any, path: list) -> Iterator[list]:
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "schema" or path[-2:] == ["components", "schemas"]:
+                yield [*path, key]
+            elif not key.startswith("x-") and key not in ("example", "examples"):
+                yield from _schema_positions(value, [*path, key])
+    elif isinstance(node, list):
+        for index, item in enumerate(node):
+            yield from _schema_positions(item, [*path, index])
 
 
 def json_type(value: Any) -> str:
@@ -111,7 +139,8 @@ class Reader:
         yield last
         if "array" in self.types:
             style = definition.get("style", _DEFAULT_STYLES.get(location, "form"))
-            if style == "form" and definition.get("explode", True):
+            # A cookie cannot repeat: only a query (or a form field) explodes into occurrences.
+            if style == "form" and definition.get("explode", True) and location == "query":
                 parts = list(values)
             else:
                 parts = last.split(_DELIMITERS.get(style, ","))
