@@ -22,6 +22,7 @@ import uvicorn
 from connexion import AsyncApp
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import Resolver
+from starlette.responses import JSONResponse
 
 from agentos_sessions import docs_ui
 from agentos_sessions.contract import Contract
@@ -39,14 +40,16 @@ def check_token(token: str, request=None) -> dict | None:
 
 def create_app(stub_status: int = 501) -> AsyncApp:
     def stub(**_arguments):
-        # Reached only by a request that passed security and validation.
-        return {"detail": "Not implemented by this stub", "error_code": "NOT_IMPLEMENTED"}, stub_status
+        # Reached only by a request that passed security and validation; an explicit
+        # response, as Connexion cannot pick among an operation's several media types.
+        return JSONResponse({"detail": "Not implemented by this stub", "error_code": "NOT_IMPLEMENTED"}, stub_status)
 
     contract = Contract.load(DOCUMENT)
     app = AsyncApp(__name__, swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False))
     # Every operationId resolves to the stub, so nothing is skipped on the way to it (with
     # Connexion's resolver_error=501 alone, unresolved operations skip security and validation).
-    contract.add_api(app, resolver=Resolver(lambda _operation_id: stub), bearer_info_func=f"{__name__}.check_token")
+    contract.add_api(app, resolver=Resolver(lambda _operation_id: stub), bearer_info_func=f"{__name__}.check_token",
+                     strict_validation=True)  # fmt: skip
     contract.add_document_routes(app)
     docs_ui.install(app)
     register_error_renderer(app)

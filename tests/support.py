@@ -920,3 +920,30 @@ def same_serialization(instance) -> list:
     if isinstance(scalar, list):
         return [list(combination) for combination in itertools.product(*(twins(item) for item in scalar))]
     return twins(scalar) + [[twin] for twin in twins(scalar)]
+
+
+def agentos_openapi(directory: Path) -> dict:
+    """AgentOS's full OpenAPI document, as the installed agno generates it."""
+    import warnings
+
+    from agno.db.sqlite import SqliteDb
+    from agno.os import AgentOS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FastAPI warns of AgentOS's duplicate operationId
+        return AgentOS(db=SqliteDb(db_file=str(directory / "agno.db")), telemetry=False).get_app().openapi()
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "host_agentos.py"
+
+
+def load_example():
+    """examples/host_agentos.py as the module ``host_agentos`` (its bearer function is named so)."""
+    import importlib.util
+
+    if "host_agentos" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("host_agentos", EXAMPLE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["host_agentos"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["host_agentos"]
