@@ -14,7 +14,7 @@ import json
 import math
 import re
 from typing import Any, Iterator
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 from connexion.datastructures import MediaTypeDict
 from connexion.exceptions import BadRequestProblem
@@ -68,14 +68,14 @@ def _locate(document: dict, path: list, instance: Any) -> str:
     so the schema holding ``instance`` at that path is looked for."""
     roots = [[]] if path and path[0] in document else list(_schema_positions(document, []))
     found = next((root for root in roots if _at(document, root + path) == instance), [])
-    return "".join("/" + str(t).replace("~", "~0").replace("/", "~1") for t in found + path) or "/"
+    return "".join("/" + _escape(t) for t in found + path) or "/"
 
 
 def _at(node: Any, tokens: list) -> Any:
     for token in tokens:
         try:
-            node = node[token]
-        except (KeyError, IndexError, TypeError):
+            node = node[int(token)] if isinstance(node, list) else node[token]
+        except (KeyError, IndexError, TypeError, ValueError):
             return _NOT_A_LITERAL
     return node
 
@@ -118,17 +118,19 @@ class Reader:
         self.validator = validator
         self.types = types
 
-    def read(self, values: list, definition: dict, location: str) -> Any:
+    def read(self, values: list, definition: dict, location: str) -> tuple[Any, bool]:
+        """(the value, whether the schema accepts it); if none is accepted, the reading to
+        report, so the error names what was sent."""
         if len(values) > 1 and "array" not in self.types:
-            return list(values)  # a repeated value that is not an array is refused as the list
+            return list(values), False  # a repeated value that is not an array is refused as the list
         fallback = _NOT_A_LITERAL
         for candidate in self._candidates(values, definition, location):
-            if json_type(candidate) in self.types or (json_type(candidate) == "integer" and "number" in self.types):
+            if json_type(candidate) in self.types:
                 if self.validator.is_valid(candidate):
-                    return candidate
+                    return candidate, True
                 if fallback is _NOT_A_LITERAL:
                     fallback = candidate
-        return values[-1] if fallback is _NOT_A_LITERAL else fallback
+        return (values[-1] if fallback is _NOT_A_LITERAL else fallback), False
 
     def _candidates(self, values: list, definition: dict, location: str) -> Iterator[Any]:
         last = values[-1]
@@ -169,14 +171,17 @@ class CompiledSchemas:
     ANYTHING = Reader(Draft202012Validator({}), ALL_TYPES)
 
     def __init__(self, document: dict[str, Any], pointers: list[str]):
-        self.registry = Registry().with_resource(BASE_URI, DRAFT202012.create_resource(document))
+        # Local references made absolute, so each schema compiles as itself, with no
+        # reference to look up per request, and still resolves what it refers to.
+        self.document = _absolute_refs(document)
+        self.registry = Registry().with_resource(BASE_URI, DRAFT202012.create_resource(self.document))
         self.resolver = self.registry.resolver()
         self.readers = {pointer: self._reader(pointer) for pointer in pointers}
         # A form body's fields, each read by its own property schema.
         self.form_fields = {pointer: self._field_readers(pointer) for pointer in pointers if "/content/" in pointer}
 
     def _reader(self, pointer: str) -> Reader:
-        schema = {"$ref": f"{BASE_URI}#{quote(pointer, safe='/~')}"}
+        schema = _at(self.document, _tokens(pointer))
         validator = Draft202012Validator(schema, registry=self.registry, format_checker=Draft202012Validator.FORMAT_CHECKER)
         return Reader(validator, self._types(schema, self.resolver, 0))
 
@@ -207,25 +212,38 @@ class CompiledSchemas:
 
     def _field_readers(self, pointer: str) -> dict[str, Reader]:
         """The readers of a body's top-level properties, following a ``$ref`` body to its target."""
-        media_type = unquote(pointer.rsplit("/content/", 1)[1].rsplit("/schema", 1)[0]).replace("~1", "/")
+        media_type = _tokens(pointer)[-2]
         if media_type.split(";")[0].strip().lower() not in FORM_MEDIA_TYPES:
             return {}
-        target = self.resolver.lookup(f"{BASE_URI}#{quote(pointer, safe='/~')}").contents
+        target = _at(self.document, _tokens(pointer))
         for _ in range(8):
             ref = target.get("$ref") if isinstance(target, dict) else None
-            if not (isinstance(ref, str) and ref.startswith("#/")):
+            if not (isinstance(ref, str) and ref.startswith(f"{BASE_URI}#/")):
                 break
-            pointer = unquote(ref[1:])
-            target = self.resolver.lookup(f"{BASE_URI}{ref}").contents
+            pointer = unquote(ref.split("#", 1)[1])
+            target = _at(self.document, _tokens(pointer))
         properties = target.get("properties", {}) if isinstance(target, dict) else {}
-        return {name: self._reader(f"{pointer}/properties/{name.replace('~', '~0').replace('/', '~1')}") for name in properties}
+        return {name: self._reader(f"{pointer}/properties/{_escape(name)}") for name in properties}
 
     def reader_for(self, schema: dict | None) -> Reader:
         return self.readers.get((schema or {}).get(POINTER_KEY), self.ANYTHING)
 
 
-def pointer_of(definition: dict | None) -> str | None:
-    return ((definition or {}).get("schema") or {}).get(POINTER_KEY)
+def _tokens(pointer: str) -> list[str]:
+    return [token.replace("~1", "/").replace("~0", "~") for token in pointer.split("/")[1:]]
+
+
+def _escape(token: Any) -> str:
+    return str(token).replace("~", "~0").replace("/", "~1")
+
+
+def _absolute_refs(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: f"{BASE_URI}{v}" if k == "$ref" and isinstance(v, str) and v.startswith("#") else _absolute_refs(v)
+                for k, v in node.items()}  # fmt: skip
+    if isinstance(node, list):
+        return [_absolute_refs(item) for item in node]
+    return node
 
 
 def validator_map(schemas: CompiledSchemas) -> dict:
@@ -254,9 +272,15 @@ def validator_map(schemas: CompiledSchemas) -> dict:
 
 
 class URIParser31(OpenAPIURIParser):
-    """Query, path and form values read by their 3.1 schemas, never by a 3.0 ``type``."""
+    """Query, path and form values read by their 3.1 schemas, never by a 3.0 ``type``.
+    Connexion hands the same parser to the parameter validator, which then need not
+    validate again what a reading already found valid."""
 
     schemas: CompiledSchemas
+
+    def __init__(self, param_defns, body_defn):
+        super().__init__(param_defns, body_defn)
+        self.accepted: set[tuple[str, str]] = set()
 
     def resolve_params(self, params, _in):
         resolved = {}
@@ -265,8 +289,10 @@ class URIParser31(OpenAPIURIParser):
             values = [values] if _in == "path" else values
             if definition is None:
                 resolved[name] = values if _in != "path" else values[-1]
-            else:
-                resolved[name] = self.schemas.reader_for(definition.get("schema")).read(values, definition, _in)
+                continue
+            resolved[name], valid = self.schemas.reader_for(definition.get("schema")).read(values, definition, _in)
+            if valid:
+                self.accepted.add((_in, name))
         return resolved
 
     def resolve_form(self, form_data):
@@ -278,7 +304,7 @@ class URIParser31(OpenAPIURIParser):
             if reader is None:
                 resolved[name] = values[-1] if len(values) == 1 else values
             else:
-                resolved[name] = reader.read(values, encoding, "query")
+                resolved[name] = reader.read(values, encoding, "query")[0]
         return resolved
 
 
@@ -288,16 +314,21 @@ class Parameters31(ParameterValidator):
     def validate_query_parameter(self, param, request):
         # A query value read as null is there, not missing.
         if param["name"] in request.query_params:
-            return self.schemas.reader_for(param.get("schema")).error(request.query_params[param["name"]])
+            return self._error("query", request.query_params[param["name"]], param)
         return self.validate_parameter("query", None, param)
 
     def validate_parameter(self, parameter_type, value, param, param_name=None):
         if value is None:
             return f"Missing {parameter_type} parameter '{param['name']}'" if param.get("required") else None
-        reader = self.schemas.reader_for(param.get("schema"))
         if parameter_type in ("header", "cookie"):
-            value = reader.read([value], param, parameter_type)
-        return reader.error(value)
+            value, valid = self.schemas.reader_for(param.get("schema")).read([value], param, parameter_type)
+            return None if valid else self._error(parameter_type, value, param)
+        return self._error(parameter_type, value, param)
+
+    def _error(self, location: str, value, param) -> str | None:
+        if (location, param["name"]) in self.uri_parser.accepted:
+            return None
+        return self.schemas.reader_for(param.get("schema")).error(value)
 
 
 async def _read_all(stream) -> bytes:
