@@ -19,7 +19,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from agentos_sessions.openapi30_view import POINTER_KEY, downgrade_to_openapi30
-from agentos_sessions.openapi31 import CompiledSchemas, InvalidContract, check_document, give_parameters_a_type, validator_map
+from agentos_sessions.openapi31 import (
+    CompiledSchemas,
+    InvalidContract,
+    check_document,
+    give_parameters_a_type,
+    validator_map,
+)
 
 __all__ = ["Contract", "InvalidContract", "contract_path", "downgrade_to_openapi30"]
 
@@ -52,7 +58,7 @@ class Contract:
         give_parameters_a_type(self._view, self._schemas)
 
     @classmethod
-    def load(cls, path: Path | str | None = None) -> "Contract":
+    def load(cls, path: Path | str | None = None) -> Contract:
         return cls(Path(path or contract_path()).read_bytes())
 
     def add_api(self, app, *, bearer_info_func: str | None = None, **kwargs):

@@ -10,7 +10,8 @@ say what 3.1 says, the view keeps what Connexion reads and drops the rest.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 # Every schema position in the view carries the JSON pointer of its original 3.1 schema.
 POINTER_KEY = "x-contract-pointer"
@@ -21,12 +22,13 @@ _SUBSCHEMA_KEYWORDS = ("items", "not", "additionalProperties")
 _SUBSCHEMA_LIST_KEYWORDS = ("allOf", "anyOf", "oneOf", "prefixItems")
 _SUBSCHEMA_MAP_KEYWORDS = ("properties",)
 # The 3.0 Schema Object's fields; any other keyword (besides x-) is refused by its meta-schema.
-_OPENAPI30_SCHEMA_FIELDS = frozenset(
-    "title multipleOf maximum exclusiveMaximum minimum exclusiveMinimum maxLength minLength pattern "
-    "maxItems minItems uniqueItems maxProperties minProperties required enum type not allOf oneOf "
-    "anyOf items properties additionalProperties description format default nullable discriminator "
-    "readOnly writeOnly example externalDocs deprecated xml $ref".split()
-)
+_OPENAPI30_SCHEMA_FIELDS = frozenset((
+    "title", "multipleOf", "maximum", "exclusiveMaximum", "minimum", "exclusiveMinimum", "maxLength",
+    "minLength", "pattern", "maxItems", "minItems", "uniqueItems", "maxProperties", "minProperties",
+    "required", "enum", "type", "not", "allOf", "oneOf", "anyOf", "items", "properties",
+    "additionalProperties", "description", "format", "default", "nullable", "discriminator", "readOnly",
+    "writeOnly", "example", "externalDocs", "deprecated", "xml", "$ref",
+))  # fmt: skip
 # Free-form values, where a "schema" or "$ref" key is data, not a schema or reference.
 _FREE_FORM = ("example", "examples")
 

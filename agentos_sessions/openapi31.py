@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 from urllib.parse import unquote
 
 from connexion.datastructures import MediaTypeDict
@@ -317,7 +318,7 @@ class Parameters31(ParameterValidator):
             return self._error("query", request.query_params[param["name"]], param)
         return self.validate_parameter("query", None, param)
 
-    def validate_parameter(self, parameter_type, value, param, param_name=None):
+    def validate_parameter(self, parameter_type, value, param, _param_name=None):
         if value is None:
             return f"Missing {parameter_type} parameter '{param['name']}'" if param.get("required") else None
         if parameter_type in ("header", "cookie"):
@@ -347,14 +348,13 @@ class Body31:
 
     def _validate(self, body):
         if body is NO_BODY:
-            return None
+            return
         try:
             error = self.schemas.reader_for(self._schema).error(body)
         except RecursionError:
             error = "The body is nested too deeply"
         if error:
             raise BadRequestProblem(detail=error)
-        return None
 
 
 class JSONBody31(Body31, JSONRequestBodyValidator):

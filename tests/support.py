@@ -788,7 +788,7 @@ class Differential:
                 self.skipped.append(f"{method.upper()} {template}: no {mode.value} cases ({type(exc).__name__})")
         return found
 
-    def run(self) -> "Differential":
+    def run(self) -> Differential:
         for template, item in self.contract.document.get("paths", {}).items():
             for method, operation in item.items():
                 if method in ("get", "put", "post", "delete", "patch") and isinstance(operation, dict):
@@ -827,7 +827,7 @@ class Differential:
         required = [(n, s) for (where, n), (_i, p) in parameters.items() if where == "query" and p.get("required")
                     for s in serialize_query(baseline.query[n])]  # fmt: skip
         body = baseline.body if body_oracle is not None and body_oracle.is_valid(baseline.body) else NO_BODY
-        for (where, name), (_i, _p) in parameters.items():
+        for where, name in parameters:
             if where != "query":
                 continue
             self.schemas += 1
