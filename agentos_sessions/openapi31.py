@@ -250,13 +250,12 @@ def _absolute_refs(node: Any) -> Any:
 def validator_map(schemas: CompiledSchemas) -> dict:
     """Connexion's ``validator_map`` and ``uri_parser_class`` for a document's schemas."""
     bound = {"schemas": schemas}
-    json_body = type("JSONBody31", (JSONBody31,), bound)
     return {
         "validator_map": {
             "parameter": type("Parameters31", (Parameters31,), bound),
             "body": MediaTypeDict(
                 {
-                    "*/*json": json_body,
+                    "*/*json": type("JSONBody31", (JSONBody31,), bound),
                     "application/x-www-form-urlencoded": type("FormBody31", (FormBody31,), bound),
                     "multipart/form-data": type("MultiPartBody31", (MultiPartBody31,), bound),
                 }
