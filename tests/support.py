@@ -748,10 +748,10 @@ def stub_client(contract: Contract):
 
 @dataclass
 class Differential:
-    """For every query parameter and JSON body of a document: values from schemathesis's own
-    generation (positive and negative cases) and arbitrary JSON, each sent to the stub app
-    with the rest of the request valid. The app must accept exactly the values
-    ``Draft202012Validator`` accepts on the original schema, and never answer 5xx."""
+    """For every query parameter, JSON body and form body of a document: values from
+    schemathesis's own generation (positive and negative cases) and arbitrary JSON, each
+    sent to the stub app with the rest of the request valid. The app must accept exactly
+    the values ``Draft202012Validator`` accepts on the original schema, and never 5xx."""
 
     contract: Contract
     per_operation: int = 10
@@ -807,9 +807,8 @@ class Differential:
         body_oracle = self.oracle(body_pointer) if "application/json" in content else None
         # The rest of each request: the first positive case, where every part is valid.
         baseline = None
-        if operation.get("requestBody", {}).get("required") and body_oracle is None:
-            self.skipped.append(f"{method.upper()} {template}: a required body that is not JSON")
-            return
+        # Without a JSON body to keep valid, a required body leaves only the body to vary.
+        only_body = bool(operation.get("requestBody", {}).get("required")) and body_oracle is None
         for mode, case in cases:
             path_ok = all(
                 serialize_query(v) and "/" not in str(v) and valid[("path", k)].is_valid(v) for k, v in (case.path_parameters or {}).items()
@@ -828,7 +827,7 @@ class Differential:
                     for s in serialize_query(baseline.query[n])]  # fmt: skip
         body = baseline.body if body_oracle is not None and body_oracle.is_valid(baseline.body) else NO_BODY
         for where, name in parameters:
-            if where != "query":
+            if where != "query" or only_body:
                 continue
             self.schemas += 1
             values = [c.query[name] for _m, c in cases if name in (c.query or {})] + self.arbitrary
@@ -848,6 +847,32 @@ class Differential:
                     continue
                 response = self.send(method, path, required, value)
                 self.judge(f"{method.upper()} {path} body {value!r}", body_oracle.is_valid(value), response)
+        if FORM in content:
+            generated = [c.body for _m, c in cases if c.media_type == FORM]
+            self.form(method, path, required, f"{base}/requestBody/content/{escape_pointer(FORM)}/schema", generated)
+
+    def form(self, method, path, query, pointer, generated):
+        """A form's fields are strings: it is accepted when some reading of them is valid.
+        Besides the generated bodies, forms of the schema's own field names with any values."""
+        from hypothesis import strategies as st
+
+        self.schemas += 1
+        oracle = self.oracle(pointer)
+        resolved = self.registry.resolver().lookup("urn:doc#" + urllib_quote(pointer))
+        schema = resolved.contents
+        if "$ref" in schema:
+            schema = resolved.resolver.lookup(schema["$ref"]).contents
+        names = sorted(schema.get("properties", {}))
+        fields = st.none() | st.booleans() | st.integers(-9, 10**6) | st.text(max_size=6) | st.lists(st.text(max_size=4), min_size=1, max_size=2)
+        own = collect(st.dictionaries(st.sampled_from(names), fields, min_size=1, max_size=6), 2 * self.per_operation) if names else []
+        for value in generated + own + self.arbitrary:
+            pairs = serialize_form(value)
+            if not pairs:
+                continue  # not representable as a form (nested values), or no body at all
+            readings = itertools.product(*(same_serialization(v) for v in value.values()))
+            expected = any(oracle.is_valid(dict(zip(value, reading))) for reading in itertools.islice(readings, 4096))
+            response = self.client.request(method, path, params=query, content=urlencode(pairs), headers={"content-type": FORM})
+            self.judge(f"{method.upper()} {path} form {value!r}", expected, response)
 
     def send(self, method, path, query, body):
         if body is NO_BODY:
@@ -863,6 +888,19 @@ class Differential:
 
 
 NO_BODY = object()
+FORM = "application/x-www-form-urlencoded"
+
+
+def serialize_form(value) -> list[tuple[str, str]] | None:
+    if not isinstance(value, dict):
+        return None
+    pairs = []
+    for name, field_value in value.items():
+        texts = serialize_query(field_value)
+        if texts is None:
+            return None
+        pairs += [(name, text) for text in texts]
+    return pairs
 
 
 def json_type_of(value) -> str | None:
@@ -876,6 +914,12 @@ def json_type_of(value) -> str | None:
 
 def escape_pointer(token: str) -> str:
     return token.replace("~", "~0").replace("/", "~1")
+
+
+def urlencode(pairs) -> str:
+    from urllib.parse import urlencode as encode
+
+    return encode(pairs)
 
 
 def urllib_quote(pointer: str) -> str:
