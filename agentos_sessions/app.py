@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import copy
-import json
 import sys
 from contextlib import asynccontextmanager
 from dataclasses import replace
@@ -13,8 +11,6 @@ from connexion import AsyncApp
 from connexion.middleware import MiddlewarePosition
 from connexion.options import SwaggerUIOptions
 from connexion.resolver import RelativeResolver
-from starlette.requests import Request
-from starlette.responses import Response
 
 from agentos_sessions import fast_lane, operators
 from agentos_sessions.contract import Contract
@@ -43,15 +39,6 @@ def announce_generated_key(settings: Settings, stream=sys.stderr) -> Settings:
     return replace(settings, security_key=key)
 
 
-def connexion_view(contract: Contract) -> dict:
-    """The contract's 3.0 view with its bearer scheme bound to ``verify_bearer``."""
-    view = copy.deepcopy(contract.openapi30)
-    for scheme in view.get("components", {}).get("securitySchemes", {}).values():
-        if scheme.get("type") == "http" and str(scheme.get("scheme", "")).lower() == "bearer":
-            scheme["x-bearerInfoFunc"] = BEARER_INFO_FUNC
-    return view
-
-
 def create_app(settings: Settings | None = None, *, contract: Contract | None = None) -> AsyncApp:
     settings = announce_generated_key(settings or load_settings())
     contract = contract or Contract.load()
@@ -67,18 +54,9 @@ def create_app(settings: Settings | None = None, *, contract: Contract | None = 
 
     # Connexion would serve its converted 3.0 view; clients get the original below.
     app = AsyncApp(__name__, lifespan=lifespan, swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False))
-    app.add_api(connexion_view(contract), resolver=RelativeResolver("handlers"),
-                validate_responses=settings.validate_responses, strict_validation=True)  # fmt: skip
-    contract_json = json.dumps(contract.document, indent=2).encode()
-
-    def openapi_json(_request: Request) -> Response:
-        return Response(contract_json, media_type="application/json")
-
-    def openapi_yaml(_request: Request) -> Response:
-        return Response(contract.raw, media_type="application/yaml")
-
-    app.add_url_rule("/openapi.json", "openapi_json", openapi_json, methods=["GET"])
-    app.add_url_rule("/openapi.yaml", "openapi_yaml", openapi_yaml, methods=["GET"])
+    contract.add_api(app, bearer_info_func=BEARER_INFO_FUNC, resolver=RelativeResolver("handlers"),
+                     validate_responses=settings.validate_responses, strict_validation=True)  # fmt: skip
+    contract.add_document_routes(app)
     register_error_renderer(app)
     app.metrics = operators.install(app, settings, storage)
     # Inside the exception middleware, so what they raise is rendered like any error.

@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
+import math
 import os
 import random
+import re
 import resource
 import signal
 import socket
@@ -751,3 +754,295 @@ def snapshot(data: AgnoData, session_ids: list[str]) -> dict:
             select(data.runs).where(data.runs.c.session_id.in_(session_ids)).order_by(data.runs.c.run_id)
         ).all()
     return {"sessions": [tuple(r) for r in sessions], "runs": [tuple(r) for r in runs]}
+
+
+# ---- OpenAPI 3.1 documents hosted through Contract: the differential proof ----------------
+
+
+def collect(strategy, count: int) -> list:
+    """``count`` examples of a Hypothesis strategy, the same on every run."""
+    from hypothesis import HealthCheck, given, settings
+
+    found: list = []
+
+    @settings(max_examples=count, derandomize=True, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(strategy)
+    def gather(value):
+        found.append(value)
+
+    gather()
+    return found
+
+
+def any_json():
+    from hypothesis import strategies as st
+
+    scalars = st.none() | st.booleans() | st.integers(-(10**6), 10**6) | st.floats(allow_nan=False, allow_infinity=False) | st.text(max_size=8)
+    return st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3), max_leaves=6)
+
+
+def accept_any_token(_token: str, _request=None) -> dict:
+    return {"sub": "tester"}
+
+
+def stub_client(contract: Contract):
+    """The document hosted with a stub behind every operation, answering 204 to any request
+    that got through security and validation; any bearer token is accepted."""
+    from connexion import AsyncApp
+    from connexion.resolver import Resolver
+    from starlette.responses import Response
+
+    def stub(**_arguments):
+        return Response(status_code=204)
+
+    app = AsyncApp(__name__)
+    contract.add_api(app, resolver=Resolver(lambda _operation_id: stub), strict_validation=True,
+                     bearer_info_func=f"{__name__}.accept_any_token")  # fmt: skip
+    return app.test_client(headers={"Authorization": "Bearer any"})
+
+
+@dataclass
+class Differential:
+    """For every query parameter, JSON body and form body of a document: values from
+    schemathesis's own generation (positive and negative cases) and arbitrary JSON, each
+    sent to the stub app with the rest of the request valid. The app must accept exactly
+    the values ``Draft202012Validator`` accepts on the original schema, and never 5xx."""
+
+    contract: Contract
+    per_operation: int = 10
+    tried: int = 0
+    schemas: int = 0
+    disagreements: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+
+    def __post_init__(self):
+        import schemathesis
+        from referencing import Registry
+        from referencing.jsonschema import DRAFT202012
+        from schemathesis.config import SchemathesisConfig
+
+        self.client = stub_client(self.contract)
+        self.registry = Registry().with_resource("urn:doc", DRAFT202012.create_resource(self.contract.document))
+        self.generator = schemathesis.openapi.from_dict(self.contract.document, config=SchemathesisConfig())
+        self.arbitrary = collect(any_json(), self.per_operation)
+
+    def oracle(self, pointer: str):
+        schema = {"$ref": "urn:doc#" + urllib_quote(pointer)}
+        checker = jsonschema.Draft202012Validator.FORMAT_CHECKER
+        return jsonschema.Draft202012Validator(schema, registry=self.registry, format_checker=checker)
+
+    def cases(self, template: str, method: str) -> list:
+        from schemathesis.generation import GenerationMode
+
+        operation = self.generator[template][method.upper()]
+        found = []
+        for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE):
+            try:
+                found += [(mode, case) for case in collect(operation.as_strategy(generation_mode=mode), self.per_operation)]
+            except Exception as exc:  # noqa: BLE001 - reported: a mode schemathesis cannot generate
+                self.skipped.append(f"{method.upper()} {template}: no {mode.value} cases ({type(exc).__name__})")
+        return found
+
+    def run(self) -> Differential:
+        for template, item in self.contract.document.get("paths", {}).items():
+            for method, operation in item.items():
+                if method in ("get", "put", "post", "delete", "patch") and isinstance(operation, dict):
+                    self.operation(template, method, operation)
+        return self
+
+    def operation(self, template: str, method: str, operation: dict) -> None:
+        from schemathesis.generation import GenerationMode
+
+        base = f"/paths/{escape_pointer(template)}/{method}"
+        cases = self.cases(template, method)
+        parameters = {(p["in"], p["name"]): (i, p) for i, p in enumerate(operation.get("parameters", [])) if "schema" in p}
+        content = operation.get("requestBody", {}).get("content", {})
+        body_pointer = f"{base}/requestBody/content/application~1json/schema"
+        valid = {key: self.oracle(f"{base}/parameters/{i}/schema") for key, (i, _p) in parameters.items()}
+        body_oracle = self.oracle(body_pointer) if "application/json" in content else None
+        # The rest of each request: the first positive case, where every part is valid.
+        baseline = None
+        # Without a JSON body to keep valid, a required body leaves only the body to vary.
+        only_body = bool(operation.get("requestBody", {}).get("required")) and body_oracle is None
+        for mode, case in cases:
+            path_ok = all(
+                serialize_query(v) and "/" not in str(v) and valid[("path", k)].is_valid(v) for k, v in (case.path_parameters or {}).items()
+            )
+            body_ok = case.media_type == "application/json" and body_oracle.is_valid(case.body) if body_oracle else True
+            if mode == GenerationMode.POSITIVE and path_ok and (body_ok or not operation.get("requestBody", {}).get("required")):
+                baseline = case
+                break
+        if baseline is None:
+            self.skipped.append(f"{method.upper()} {template}: no valid baseline request")
+            return
+        path = template
+        for name, value in (baseline.path_parameters or {}).items():
+            path = path.replace("{" + name + "}", urllib_quote(serialize_query(value)[0]).replace("/", "%2F"))
+        required = [(n, s) for (where, n), (_i, p) in parameters.items() if where == "query" and p.get("required")
+                    for s in serialize_query(baseline.query[n])]  # fmt: skip
+        body = baseline.body if body_oracle is not None and body_oracle.is_valid(baseline.body) else NO_BODY
+        for where, name in parameters:
+            if where != "query" or only_body:
+                continue
+            self.schemas += 1
+            values = [c.query[name] for _m, c in cases if name in (c.query or {})] + self.arbitrary
+            others = [(n, s) for n, s in required if n != name]
+            for value in values:
+                strings = serialize_query(value)
+                if strings is None:
+                    continue  # not representable in a query string (objects, nested or empty arrays)
+                expected = any(valid[("query", name)].is_valid(twin) for twin in same_serialization(value))
+                response = self.send(method, path, others + [(name, s) for s in strings], body)
+                self.judge(f"{method.upper()} {path} ?{name}={value!r}", expected, response)
+        if body_oracle is not None:
+            self.schemas += 1
+            bodies = [c.body for _m, c in cases if c.media_type == "application/json" and not isinstance(c.body, bytes)]
+            for value in bodies + self.arbitrary:
+                if json_type_of(value) is None:
+                    continue
+                response = self.send(method, path, required, value)
+                self.judge(f"{method.upper()} {path} body {value!r}", body_oracle.is_valid(value), response)
+        if FORM in content:
+            generated = [c.body for _m, c in cases if c.media_type == FORM]
+            self.form(method, path, required, f"{base}/requestBody/content/{escape_pointer(FORM)}/schema", generated)
+
+    def form(self, method, path, query, pointer, generated):
+        """A form's fields are strings: it is accepted when some reading of them is valid.
+        Besides the generated bodies, forms of the schema's own field names with any values."""
+        from hypothesis import strategies as st
+
+        self.schemas += 1
+        oracle = self.oracle(pointer)
+        resolved = self.registry.resolver().lookup("urn:doc#" + urllib_quote(pointer))
+        schema = resolved.contents
+        if "$ref" in schema:
+            schema = resolved.resolver.lookup(schema["$ref"]).contents
+        names = sorted(schema.get("properties", {}))
+        fields = st.none() | st.booleans() | st.integers(-9, 10**6) | st.text(max_size=6) | st.lists(st.text(max_size=4), min_size=1, max_size=2)
+        own = collect(st.dictionaries(st.sampled_from(names), fields, min_size=1, max_size=6), 2 * self.per_operation) if names else []
+        for value in generated + own + self.arbitrary:
+            pairs = serialize_form(value)
+            if not pairs:
+                continue  # not representable as a form (nested values), or no body at all
+            readings = itertools.product(*(same_serialization(v) for v in value.values()))
+            expected = any(oracle.is_valid(dict(zip(value, reading))) for reading in itertools.islice(readings, 4096))
+            response = self.client.request(method, path, params=query, content=urlencode(pairs), headers={"content-type": FORM})
+            self.judge(f"{method.upper()} {path} form {value!r}", expected, response)
+
+    def send(self, method, path, query, body):
+        if body is NO_BODY:
+            return self.client.request(method, path, params=query)
+        return self.client.request(method, path, params=query, content=json.dumps(body), headers={"content-type": "application/json"})
+
+    def judge(self, what: str, expected: bool, response) -> None:
+        self.tried += 1
+        accepted = response.status_code < 300
+        if response.status_code >= 500 or accepted != expected:
+            verdict = "accept" if expected else "reject"
+            self.disagreements.append(f"{what}: {response.status_code} {response.text[:200]} (expected {verdict})")
+
+
+NO_BODY = object()
+FORM = "application/x-www-form-urlencoded"
+
+
+def serialize_form(value) -> list[tuple[str, str]] | None:
+    if not isinstance(value, dict):
+        return None
+    pairs = []
+    for name, field_value in value.items():
+        texts = serialize_query(field_value)
+        if texts is None:
+            return None
+        pairs += [(name, text) for text in texts]
+    return pairs
+
+
+def json_type_of(value) -> str | None:
+    """The JSON type of a value, None for what JSON cannot carry (bytes, NaN, sets)."""
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return None
+    return type(value).__name__
+
+
+def escape_pointer(token: str) -> str:
+    return token.replace("~", "~0").replace("/", "~1")
+
+
+def urlencode(pairs) -> str:
+    from urllib.parse import urlencode as encode
+
+    return encode(pairs)
+
+
+def urllib_quote(pointer: str) -> str:
+    from urllib.parse import quote
+
+    return quote(pointer, safe="/~")
+
+
+def _scalar_text(value) -> str | None:
+    if isinstance(value, (dict, list)):
+        return None
+    return value if isinstance(value, str) else json.dumps(value)
+
+
+def serialize_query(instance) -> list[str] | None:
+    """Form style, exploded (OpenAPI's default for query parameters)."""
+    if isinstance(instance, list):
+        texts = [_scalar_text(item) for item in instance]
+        return texts if texts and None not in texts else None
+    text = _scalar_text(instance)
+    return None if text is None else [text]
+
+
+def same_serialization(instance) -> list:
+    """Every JSON value a query string cannot tell from ``instance``: a string that spells a
+    JSON literal and that literal (``"5"`` and ``5``), element by element in arrays, and a
+    value and the array of just that value (``?a=x`` is both ``"x"`` and ``["x"]``)."""
+
+    def twins(value) -> list:
+        text = _scalar_text(value)
+        found = [text]
+        try:
+            literal = json.loads(text)
+        except ValueError:
+            return found
+        finite = not isinstance(literal, float) or math.isfinite(literal)
+        if not isinstance(literal, (dict, list, str)) and finite and json.dumps(literal) == text:
+            found.append(literal)
+        return found
+
+    scalar = instance[0] if isinstance(instance, list) and len(instance) == 1 else instance
+    if isinstance(scalar, list):
+        return [list(combination) for combination in itertools.product(*(twins(item) for item in scalar))]
+    return twins(scalar) + [[twin] for twin in twins(scalar)]
+
+
+def agentos_openapi(directory: Path) -> dict:
+    """AgentOS's full OpenAPI document, as the installed agno generates it."""
+    import warnings
+
+    from agno.db.sqlite import SqliteDb
+    from agno.os import AgentOS
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # FastAPI warns of AgentOS's duplicate operationId
+        return AgentOS(db=SqliteDb(db_file=str(directory / "agno.db")), telemetry=False).get_app().openapi()
+
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "host_agentos.py"
+
+
+def load_example():
+    """examples/host_agentos.py as the module ``host_agentos`` (its bearer function is named so)."""
+    import importlib.util
+
+    if "host_agentos" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("host_agentos", EXAMPLE)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["host_agentos"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["host_agentos"]

@@ -138,3 +138,27 @@ def test_schemas_in_parameters_bodies_and_headers_are_converted():
     assert operation["responses"]["200"]["headers"]["H"]["schema"] == expected
     assert operation["responses"]["200"]["content"]["application/json"]["schema"] == expected
     assert "webhooks" not in view and "summary" not in view["info"]
+
+
+def test_what_3_0_cannot_say_is_dropped_and_what_connexion_reads_is_kept():
+    converted = convert_schema({
+        "type": "object",
+        "properties": {"file": {"type": "string", "contentMediaType": "application/octet-stream"},
+                       "n": {"$ref": "#/components/schemas/S/$defs/N"}, "any": True, "none": False},
+        "$defs": {"N": {"type": "integer"}}, "patternProperties": {"^x": {}}, "unevaluatedProperties": False,
+        "dependentRequired": {"a": ["b"]}, "if": {}, "then": {}, "else": {}, "required": [],
+    })  # fmt: skip
+    assert converted == {"type": "object", "properties": {
+        "file": {"type": "string", "format": "binary"}, "n": {}, "any": {}, "none": {"not": {}}}}  # fmt: skip
+
+
+def test_duplicate_operation_ids_become_distinct_and_path_items_are_inlined():
+    item = {"get": {"operationId": "same", "responses": {"200": {"description": "ok"}}}}
+    document = {"openapi": "3.1.0", "info": {"title": "t", "version": "1"},
+                "paths": {"/a": copy.deepcopy(item), "/b": {"$ref": "#/components/pathItems/B"}},
+                "components": {"pathItems": {"B": item}}}  # fmt: skip
+    view = downgrade_to_openapi30(document)
+    assert view["paths"]["/a"]["get"]["operationId"] == "same"
+    assert view["paths"]["/b"]["get"]["operationId"] == "same_2"
+    assert "pathItems" not in view["components"]
+    AsyncApp(__name__).add_api(view, resolver_error=501)
