@@ -914,18 +914,26 @@ class Differential:
         self.schemas += 1
         oracle = self.oracle(pointer)
         resolved = self.registry.resolver().lookup("urn:doc#" + urllib_quote(pointer))
-        schema = resolved.contents
-        if "$ref" in schema:
+        schema, schema_pointer = resolved.contents, pointer
+        if "$ref" in schema and schema["$ref"].startswith("#"):
+            schema_pointer = schema["$ref"][1:]
             schema = resolved.resolver.lookup(schema["$ref"]).contents
         names = sorted(schema.get("properties", {}))
+        # A reading of the form is valid only if each listed field's reading is valid under
+        # its property schema: the others need not be tried, which keeps the search whole.
+        field_oracles = {name: self.oracle(f"{schema_pointer}/properties/{escape_pointer(name)}") for name in names}
         fields = st.none() | st.booleans() | st.integers(-9, 10**6) | st.text(max_size=6) | st.lists(st.text(max_size=4), min_size=1, max_size=2)
         own = collect(st.dictionaries(st.sampled_from(names), fields, min_size=1, max_size=6), 2 * self.per_operation) if names else []
         for value in generated + own + self.arbitrary:
             pairs = serialize_form(value)
             if not pairs:
                 continue  # not representable as a form (nested values), or no body at all
-            readings = itertools.product(*(same_serialization(v) for v in value.values()))
-            expected = any(oracle.is_valid(dict(zip(value, reading))) for reading in itertools.islice(readings, 4096))
+            choices = [[twin for twin in same_serialization(v) if name not in field_oracles or field_oracles[name].is_valid(twin)]
+                       for name, v in value.items()]  # fmt: skip
+            if math.prod(len(c) for c in choices) > 4096:
+                self.skipped.append(f"{method.upper()} {path}: a form of too many readings to judge")
+                continue
+            expected = any(oracle.is_valid(dict(zip(value, reading))) for reading in itertools.product(*choices))
             response = self.client.request(method, path, params=query, content=urlencode(pairs), headers={"content-type": FORM})
             self.judge(f"{method.upper()} {path} form {value!r}", expected, response)
 
