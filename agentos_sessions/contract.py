@@ -42,7 +42,7 @@ def contract_path() -> Path:
 
 
 class Contract:
-    """The published document, kept byte for byte, with its parsed and 3.0 forms."""
+    """The published document, kept byte for byte, parsed, and compiled for Connexion."""
 
     def __init__(self, raw: bytes):
         self.raw = raw
@@ -52,7 +52,6 @@ class Contract:
         except (ValueError, yaml.YAMLError) as exc:
             raise InvalidContract(f"/: not JSON or YAML: {exc}") from None
         check_document(self.document)
-        self.openapi30: dict[str, Any] = downgrade_to_openapi30(self.document)
         self._view = downgrade_to_openapi30(self.document, pointers=True)
         self._schemas = CompiledSchemas(self.document, list(_pointers(self._view)))
         give_parameters_a_type(self._view, self._schemas)
