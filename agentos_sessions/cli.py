@@ -81,19 +81,24 @@ def _parser() -> argparse.ArgumentParser:
                        help="also write the report as junit=FILE or json=FILE (repeatable)")
     check.add_argument("--report-dir", help="keep schemathesis's own reports (JSON run report, NDJSON events) here")
 
+    # scan and orphans look at the same databases and print the same two ways.
+    sweep_options = argparse.ArgumentParser(add_help=False)
+    sweep_options.add_argument("--db-id", help="only this database (default: every configured one)")
+    sweep_options.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
+
     scan = commands.add_parser(
         "scan",
+        parents=[sweep_options],
         help="report every row that still holds these session ids",
         description="Search every text column of every table of the configured databases for each id (as "
         "text and as JSON writes it, case-sensitively, inside longer text too) and print one line per "
         "table and column that holds it. Exit 0 nothing found, 1 found, 2 could not run.",
     )
     scan.add_argument("session_ids", nargs="+", metavar="SESSION_ID", help="ids to look for")
-    scan.add_argument("--db-id", help="only this database (default: every configured one)")
-    scan.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
 
     orphans = commands.add_parser(
         "orphans",
+        parents=[sweep_options],
         help="report, and with --erase sweep, rows whose session no longer exists",
         description="List the rows an erase takes (runs, transcripts, compactions, tool results and their "
         "payloads; traces and spans with erase_traces) whose session is gone, by session id. With --erase, "
@@ -101,8 +106,6 @@ def _parser() -> argparse.ArgumentParser:
         "1 found (without --erase), 2 could not run.",
     )
     orphans.add_argument("--erase", action="store_true", help="erase the orphans found")
-    orphans.add_argument("--db-id", help="only this database (default: every configured one)")
-    orphans.add_argument("--json", action="store_true", help="print one JSON array instead of lines")
     return parser
 
 
