@@ -229,9 +229,13 @@ def _orphans(args: argparse.Namespace, settings) -> int:
         for o in report:
             done = f"swept {_kinds(o['swept'])}" if o["swept"] else _kinds(o["rows"])
             print(f"{o['db_id']}: {_quoted(o['session_id'])} has no session: {done}")
-        rows = sum(sum(o["rows"].values()) for o in report)
+        if args.erase:  # an id whose session came back keeps its rows
+            counted = [o["swept"] for o in report if o["swept"]]
+        else:
+            counted = [o["rows"] for o in report]
+        rows = sum(sum(c.values()) for c in counted)
         verb = "swept" if args.erase else "found"
-        print(f"orphans: {verb} {rows} row(s) under {len(report)} id(s) with no session" if report
+        print(f"orphans: {verb} {rows} row(s) under {len(counted)} id(s) with no session" if report
               else "orphans: none")  # fmt: skip
     return 1 if report and not args.erase else 0
 

@@ -116,16 +116,18 @@ def _absent(owner, sessions: list[Table]):
 
 
 def _orphan_kinds(conn: Connection, database: Database, erase_traces: bool) -> list[tuple[Dependent, list[Table]]]:
-    """Each dependent table once, in erase order, with the sessions tables its owner
-    must be missing from: a runs table its own, every other all of them."""
+    """Each dependent table once, in erase order, with the sessions tables its owner must
+    be missing from: all of them, so a row whose id any sessions table has is never taken
+    (two sessions tables may share one runs table)."""
     plans = [(t, plan_for(conn, database, t, erase_traces)) for t in database.settings.session_tables]
     present = database.existing(conn, [database.ref(t.name) for t, _ in plans])
-    sessions = {t.name: plan.sessions for t, plan in plans if database.ref(t.name) in present}
-    kinds = []
-    for position, (session_table, plan) in enumerate(plans):
-        own = [sessions[session_table.name]] if session_table.name in sessions else []
-        kinds += [(d, own if d.kind == "runs" else list(sessions.values()))
-                  for d in plan.dependents if d.kind == "runs" or position == 0]  # fmt: skip
+    sessions = [plan.sessions for t, plan in plans if database.ref(t.name) in present]
+    kinds, seen = [], set()
+    for position, (_session_table, plan) in enumerate(plans):
+        for dependent in plan.dependents:
+            if (dependent.kind == "runs" or position == 0) and dependent.table.fullname not in seen:
+                seen.add(dependent.table.fullname)
+                kinds.append((dependent, sessions))
     return kinds
 
 

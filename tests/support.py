@@ -319,20 +319,25 @@ def orphan_session(data: AgnoData, session_id: str) -> None:
         conn.execute(delete(data.sessions).where(data.sessions.c.session_id == session_id))
 
 
-def legacy_data_without_foreign_key(make_database) -> AgnoData:
-    """A database whose one sessions table has a runs table without a foreign key (an
-    older layout), so runs can outlive their session."""
+def legacy_data_without_foreign_key(make_database, *also_sharing_the_runs: str) -> AgnoData:
+    """A database whose sessions table has a runs table without a foreign key (an older
+    layout), so runs can outlive their session; the sessions tables named in
+    ``also_sharing_the_runs`` keep their runs in the same table."""
     custom = SessionTable.named("legacy_sessions", runs_table="legacy_runs_without_fk")
-    agno = AgnoData(make_database(session_tables=(custom,)), custom)
+    sharing = tuple(SessionTable.named(name, runs_table=custom.runs_table) for name in also_sharing_the_runs)
+    database = make_database(session_tables=(custom, *sharing))
+    agno = AgnoData(database, custom)
     metadata = agno.sessions.metadata
     runs_without_fk = Table(
         custom.runs_table, MetaData(schema=metadata.schema),
         *(Column(c.name, c.type, primary_key=c.primary_key) for c in agno.runs.columns),
     )  # fmt: skip
-    with agno.database.engine.begin() as conn:
+    sessions_tables = [agno.sessions, *(AgnoData(database, t).sessions for t in sharing)]
+    with database.engine.begin() as conn:
         if metadata.schema:
             conn.execute(CreateSchema(metadata.schema, if_not_exists=True))
-        metadata.create_all(conn, tables=[agno.sessions])
+        for sessions in sessions_tables:
+            sessions.create(conn)
         runs_without_fk.create(conn)
     return agno
 

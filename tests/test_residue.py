@@ -10,7 +10,7 @@ from sqlalchemy import insert, select
 from storage import AuditEntry, erase_session
 from storage.audit import audit_table
 from storage.residue import Orphans, find_orphans, scan, sweep_orphans
-from tests.support import legacy_data_without_foreign_key, now, orphan_session, unique_ids
+from tests.support import AgnoData, legacy_data_without_foreign_key, now, orphan_session, unique_ids
 
 pytestmark = pytest.mark.usefixtures("backend")
 
@@ -84,6 +84,17 @@ def test_orphan_runs_of_a_runs_table_without_a_foreign_key(make_database):
     assert find_orphans(agno.database) == [Orphans(agno.database.id, "left-behind", {"runs": 2})]
     assert sweep_orphans(agno.database, ["left-behind"])["left-behind"].counts == {"runs": 2}
     assert agno.counts("left-behind")["runs"] == 0
+
+
+def test_runs_two_sessions_tables_share_are_kept_while_either_has_their_session(make_database):
+    agno = legacy_data_without_foreign_key(make_database, "team_sessions")
+    team = AgnoData(agno.database, agno.database.settings.session_tables[1])
+    live = team.add_session("a-team-session", everything=False)
+    orphan_session(agno, "left-behind")
+
+    assert find_orphans(agno.database) == [Orphans(agno.database.id, "left-behind", {"runs": 2})]
+    assert sweep_orphans(agno.database, ["left-behind", live]).keys() == {"left-behind"}
+    assert team.counts(live)["runs"] == 2
 
 
 def test_a_session_that_came_back_keeps_its_rows(database, data):
