@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import subprocess
 import tempfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import nullcontext
 from pathlib import Path
 from urllib.parse import quote
@@ -147,16 +148,18 @@ def read_run(result: RunResult, report: CheckReport) -> None:
     report.notes.extend(f"{kind}: {', '.join(labels)}" for kind, labels in warnings.items() if labels)
     for error in summary.get("errors") or []:
         report.findings.append(Finding("schemathesis error", f"{error.get('title')} (×{error.get('count')})"))
-    grouped: dict[str, Finding] = {}
+    # By check and method: a probe of a method the target declares is explained away alone.
+    grouped: dict[tuple[str, str], Finding] = {}
     for check, failure, request, response in _failures_and_responses(result.events(), report):
         label = f"{failure.get('code', '?')} {failure.get('title', check)}"
-        if label in grouped:
-            grouped[label].cases += 1
+        method = (request or {}).get("method", "?")
+        if (label, method) in grouped:
+            grouped[label, method].cases += 1
             continue
         status = response.get("status_code")
         detail = f"[{status}] {failure.get('message', '')}".strip() if status else failure.get("message", "")
-        grouped[label] = Finding(label, " ".join(detail.split()), curl_for(request, check) if request else None,
-                                 method=(request or {}).get("method", "?"), status=status, source=check)  # fmt: skip
+        grouped[label, method] = Finding(label, " ".join(detail.split()), curl_for(request, check) if request else None,
+                                         method=method, status=status, source=check)  # fmt: skip
     report.findings.extend(grouped.values())
     if result.returncode == 1 and not report.findings:
         report.findings.append(Finding("schemathesis failed", "exit 1 without a failure in its reports"))
@@ -209,7 +212,6 @@ def explain_by_target(report: CheckReport, drift: Drift) -> None:
 def check(
     url: str, token: str, *, spec: Path | None = None, ids: Iterable[str] = (), max_examples: int = 100, seed: int = 1,
     workdir: Path, target_spec: str | None = None, strict_drift: bool = False,
-    progress_console: Console | None = None, run: Callable = run_schemathesis,
 ) -> CheckReport:  # fmt: skip
     started = time.monotonic()
     spec = spec or contract_path()
@@ -219,7 +221,7 @@ def check(
     ids = [i for i in ids if i]
     progress = Progress(
         SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=progress_console or Console(stderr=True), transient=True,
+        console=Console(stderr=True), transient=True,
     )  # fmt: skip
     with progress:
         task = progress.add_task("scenario" if ids else "schemathesis: examples", total=len(PHASES) + (1 if ids else 0))
@@ -227,11 +229,16 @@ def check(
             # The first id is the scenario's; the rest feed schemathesis's 204 path.
             run_scenario(base, token, ids[0], report)
             progress.update(task, advance=1, description="schemathesis: examples")
-        result = run(
-            base, token, workdir, disposable_ids=ids[1:], spec=spec, max_examples=max_examples, seed=seed,
-            extra_args=["--continue-on-failure"], on_event=PhaseProgress(progress, task),
-        )  # fmt: skip
-    read_run(result, report)
+        try:
+            result = run_schemathesis(
+                base, token, workdir, disposable_ids=ids[1:], spec=spec, max_examples=max_examples, seed=seed,
+                extra_args=["--continue-on-failure"], on_event=PhaseProgress(progress, task),
+            )  # fmt: skip
+        except subprocess.TimeoutExpired as exc:
+            result = None
+            report.could_not_check = f"schemathesis did not finish within {exc.timeout:.0f} s"
+    if result is not None:
+        read_run(result, report)
     source, document, problem = load_target_document(base, target_spec, token)
     report.drift = compare(contract, document, source) if document is not None else Drift(source, problem=problem)
     explain_by_target(report, report.drift)

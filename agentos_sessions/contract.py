@@ -32,6 +32,16 @@ __all__ = ["Contract", "InvalidContract", "contract_path", "downgrade_to_openapi
 CONTRACT_FILENAME = "openapi.yaml"
 
 
+def is_json(raw: bytes) -> bool:
+    return raw.lstrip()[:1] == b"{"
+
+
+def parse_document(raw: bytes) -> Any:
+    """An OpenAPI document's text, JSON or YAML: JSON is YAML too, but not every JSON
+    string escape is a YAML one, so JSON is read as JSON."""
+    return json.loads(raw) if is_json(raw) else yaml.safe_load(raw)
+
+
 def contract_path() -> Path:
     """The contract shipped with the package (wheel) or beside it (source checkout)."""
     here = Path(__file__).resolve().parent
@@ -47,8 +57,7 @@ class Contract:
     def __init__(self, raw: bytes):
         self.raw = raw
         try:
-            # JSON is YAML too, but not every JSON string escape is a YAML one.
-            self.document: dict[str, Any] = json.loads(raw) if raw.lstrip()[:1] == b"{" else yaml.safe_load(raw)
+            self.document: dict[str, Any] = parse_document(raw)
         except (ValueError, yaml.YAMLError) as exc:
             raise InvalidContract(f"/: not JSON or YAML: {exc}") from None
         check_document(self.document)
@@ -76,7 +85,7 @@ class Contract:
     def add_document_routes(self, app) -> None:
         """``GET /openapi.json`` and ``/openapi.yaml``: the original, never the view."""
         as_json = json.dumps(self.document, indent=2).encode()
-        as_yaml = self.raw if self.raw.lstrip()[:1] != b"{" else yaml.safe_dump(self.document, sort_keys=False).encode()
+        as_yaml = yaml.safe_dump(self.document, sort_keys=False).encode() if is_json(self.raw) else self.raw
 
         def openapi_json(_request: Request) -> Response:
             return Response(as_json, media_type="application/json")

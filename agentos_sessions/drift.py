@@ -13,6 +13,8 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 import yaml
 
+from agentos_sessions.contract import parse_document
+
 OPERATION_PATH = "/sessions/{session_id}"
 METHOD = "delete"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
@@ -50,7 +52,7 @@ def load_target_document(base_url: str, source: str | None, token: str) -> tuple
     file: (where from, the document or None, why not)."""
     if source and not source.startswith(("http://", "https://")):
         try:
-            return source, _parse(Path(source).read_text()), None
+            return source, _parse(Path(source).read_bytes()), None
         except (OSError, ValueError, yaml.YAMLError) as exc:
             return source, None, f"cannot read {source}: {type(exc).__name__}"
     url = source or urljoin(base_url.rstrip("/") + "/", DEFAULT_DOCUMENT.lstrip("/"))
@@ -64,13 +66,13 @@ def load_target_document(base_url: str, source: str | None, token: str) -> tuple
     if response.status_code != 200:
         return url, None, f"the target answered {response.status_code}"
     try:
-        return url, _parse(response.text), None
+        return url, _parse(response.content), None
     except (ValueError, yaml.YAMLError):
         return url, None, "not an OpenAPI document"
 
 
-def _parse(text: str) -> dict:
-    document = yaml.safe_load(text)  # JSON is YAML too
+def _parse(raw: bytes) -> dict:
+    document = parse_document(raw)
     if not isinstance(document, dict) or "paths" not in document:
         raise ValueError("not an OpenAPI document")
     return document
@@ -85,7 +87,8 @@ def compare(contract: dict, target: dict, source: str) -> Drift:
         return drift
     ours = contract["paths"][OPERATION_PATH][METHOD]
     drift.differences = [
-        *_parameters(Resolver(contract), ours, Resolver(target), operation),
+        *_parameters(Resolver(contract), _parameters_of(contract["paths"][OPERATION_PATH], ours),
+                     Resolver(target), _parameters_of(path_item, operation)),
         *_responses(Resolver(contract), ours, Resolver(target), operation),
         *_security(contract, ours, target, operation),
     ]
@@ -117,10 +120,15 @@ class Resolver:
         return node
 
 
-def _parameters(ours_doc: Resolver, ours: dict, theirs_doc: Resolver, theirs: dict) -> list[Difference]:
-    def keyed(resolver: Resolver, operation: dict) -> dict[tuple[str, str], dict]:
-        parameters = (resolver.resolve(p) for p in operation.get("parameters") or [])
-        return {(p.get("in", "?"), p.get("name", "?")): p for p in parameters}
+def _parameters_of(path_item: dict, operation: dict) -> list:
+    """The path item's parameters, then the operation's, which override them by name and place."""
+    return [*(path_item.get("parameters") or []), *(operation.get("parameters") or [])]
+
+
+def _parameters(ours_doc: Resolver, ours: list, theirs_doc: Resolver, theirs: list) -> list[Difference]:
+    def keyed(resolver: Resolver, parameters: list) -> dict[tuple[str, str], dict]:
+        resolved = (resolver.resolve(p) for p in parameters)
+        return {(p.get("in", "?"), p.get("name", "?")): p for p in resolved}
 
     contract, target = keyed(ours_doc, ours), keyed(theirs_doc, theirs)
     found = []

@@ -11,7 +11,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,13 +62,10 @@ class RunResult:
 def run_schemathesis(
     url: str, token: str, workdir: Path, *, disposable_ids: list[str] = (), spec: Path | None = None,
     max_examples: int = 100, seed: int = 1, extra_args: list[str] = (), timeout: float = 900,
-    reports: Sequence[str] = (), on_event: Callable[[dict], None] | None = None,
+    on_event: Callable[[dict], None] | None = None,
 ) -> RunResult:  # fmt: skip
-    """Run ``schemathesis run``: its exit code, console output and JSON run report.
-
-    ``reports`` adds report formats (written under ``report_dir``); ``on_event`` receives
-    each NDJSON event while it runs, for a progress display.
-    """
+    """Run ``schemathesis run``: its exit code, console output and JSON run report;
+    ``on_event`` receives each NDJSON event while it runs, for a progress display."""
     workdir.mkdir(parents=True, exist_ok=True)
     config_file = workdir / CONFIG_FILENAME
     config_file.write_text(compose_config(list(disposable_ids)))
@@ -77,7 +74,7 @@ def run_schemathesis(
     command = [
         sys.executable, "-m", "schemathesis.cli", "--config-file", str(config_file), "run", str(spec or contract_path()),
         "--url", url, "--seed", str(seed), "--max-examples", str(max_examples),
-        "--report", ",".join(dict.fromkeys(["json", "ndjson", *reports])), "--report-dir", str(report_dir),
+        "--report", "json,ndjson", "--report-dir", str(report_dir),
         "--report-json-path", str(report_file), "--report-ndjson-path", str(events_file), "--no-color", *extra_args,
     ]  # fmt: skip
     env = {**os.environ, TOKEN_ENV: token}

@@ -28,7 +28,8 @@ from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 
-from agentos_sessions.check import PhaseProgress, curl_for, explain_by_target
+from agentos_sessions import check as check_module
+from agentos_sessions.check import PhaseProgress, curl_for, explain_by_target, read_run
 from agentos_sessions.check_report import (
     NOT_EXERCISED,
     CheckReport,
@@ -37,6 +38,7 @@ from agentos_sessions.check_report import (
     render,
 )
 from agentos_sessions.drift import Drift
+from agentos_sessions.schemathesis_run import RunResult
 from tests.support import (
     KEY,
     LiveServer,
@@ -304,6 +306,34 @@ def test_a_probe_of_a_method_the_target_declares_is_explained_not_a_finding():
     unexplained = report_for_render(findings=[Finding("ST204 x", "[422]", method="PATCH", source="unsupported_method")])
     explain_by_target(unexplained, Drift("x", problem="the target answered 404"))
     assert len(unexplained.findings) == 1 and unexplained.explained == []
+
+
+def test_findings_of_one_check_on_several_methods_are_explained_one_method_at_a_time(tmp_path):
+    def probe(method: str) -> dict:
+        failure = {"code": "ST204", "title": "Wrong response to undeclared method", "message": "expected 405"}
+        return {"request": {"method": method, "uri": "http://h/sessions/0", "headers": {}},
+                "response": {"status_code": 422}, "checks": [{"name": "unsupported_method", "status": "failure",
+                                                               "failure_info": {"failure": failure}}]}  # fmt: skip
+
+    interactions = {f"case-{method}": probe(method) for method in ("PATCH", "PUT")}
+    recorder = {"interactions": {k: {"request": v["request"], "response": v["response"]} for k, v in interactions.items()},
+                "checks": {k: v["checks"] for k, v in interactions.items()}, "cases": {}}  # fmt: skip
+    (tmp_path / "events.ndjson").write_text(json.dumps({"ScenarioFinished": {"recorder": recorder}}) + "\n")
+    report = report_for_render()
+    read_run(RunResult(1, "", {"complete": True}, tmp_path), report)
+    assert [(f.check, f.method) for f in report.findings] == [("ST204 Wrong response to undeclared method", "PATCH"),
+                                                              ("ST204 Wrong response to undeclared method", "PUT")]  # fmt: skip
+    explain_by_target(report, Drift("x", differences=[], target_methods=["DELETE", "PATCH"]))
+    assert [e.method for e in report.explained] == ["PATCH"] and [f.method for f in report.findings] == ["PUT"]
+
+
+def test_a_schemathesis_run_past_its_bound_is_could_not_check(monkeypatch, tmp_path):
+    def too_long(*_args, **_kwargs):
+        raise subprocess.TimeoutExpired(["schemathesis"], 900)
+
+    monkeypatch.setattr(check_module, "run_schemathesis", too_long)
+    report = check_module.check(f"http://127.0.0.1:{free_port()}", KEY, workdir=tmp_path)
+    assert report.could_not_check == "schemathesis did not finish within 900 s" and report.exit_code == 2
 
 
 def test_a_recorded_request_becomes_a_runnable_curl_with_the_key_as_token():

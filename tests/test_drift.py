@@ -97,3 +97,20 @@ def test_the_target_document_from_a_file_or_why_not(tmp_path):
     not_openapi.write_text("[1, 2]")
     assert load_target_document("http://h", str(not_openapi), "key")[2] == f"cannot read {not_openapi}: ValueError"
     assert load_target_document("http://h", str(tmp_path / "missing.json"), "key")[1] is None
+
+
+def test_parameters_declared_on_the_path_item_count_as_the_operations():
+    def moved_up(document, operation):
+        path_level = [p for p in operation["parameters"] if p["in"] == "path"]
+        operation["parameters"] = [p for p in operation["parameters"] if p["in"] != "path"]
+        document["paths"][OPERATION_PATH]["parameters"] = path_level
+
+    assert details(target(moved_up)) == []
+
+
+def test_a_json_document_is_read_as_json_escapes_and_tabs_included(tmp_path):
+    document = target(lambda _document, operation: operation.update(summary="Delete \U0001f600"))
+    json_file = tmp_path / "openapi.json"
+    # Tab indentation and a surrogate-pair escape: valid JSON, but not YAML that reads alike.
+    json_file.write_text(json.dumps(document, indent="\t"))
+    assert load_target_document("http://h", str(json_file), "key")[1] == document
