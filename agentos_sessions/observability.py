@@ -294,10 +294,11 @@ def logging_config(level: str = "info") -> dict:
 
     from uvicorn.config import LOGGING_CONFIG
 
-    from agentos_sessions.contract import Contract
+    from agentos_sessions.contract import contract_path, parse_document
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    keep = sorted(declared_query_parameters(Contract.load().document))
+    # Only the names are needed: the document, not the compiled contract.
+    keep = sorted(declared_query_parameters(parse_document(contract_path().read_bytes())))
     config.setdefault("filters", {})["redact_query"] = {"()": f"{__name__}.QueryRedactor", "keep": keep}
     config["loggers"]["uvicorn.access"]["filters"] = ["redact_query"]
     config["formatters"]["audit"] = {"format": "%(message)s"}

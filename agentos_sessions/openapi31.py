@@ -93,6 +93,10 @@ def _schema_positions(node: Any, path: list) -> Iterator[list]:
             yield from _schema_positions(item, [*path, index])
 
 
+# Marks, in the view, a parameter whose value is a JSON text (``content: application/json``).
+JSON_CONTENT = "x-contract-json-content"
+
+
 def json_type(value: Any) -> str:
     if value is None:
         return "null"
@@ -103,11 +107,16 @@ def json_type(value: Any) -> str:
     return {float: "number", str: "string", list: "array", dict: "object"}.get(type(value), "object")
 
 
-def json_literal(text: str) -> Any:
+def json_literal(text: Any) -> Any:
+    if not isinstance(text, str):
+        return _NOT_A_LITERAL  # already typed, by a path converter
     if text in _LITERALS:
         return _LITERALS[text]
     if _JSON_NUMBER.fullmatch(text):
-        number = int(text) if text.lstrip("-").isdigit() else float(text)
+        try:
+            number = int(text) if text.lstrip("-").isdigit() else float(text)
+        except ValueError:  # more digits than Python converts (sys.get_int_max_str_digits)
+            return _NOT_A_LITERAL
         return number if math.isfinite(number) else _NOT_A_LITERAL
     return _NOT_A_LITERAL
 
@@ -152,6 +161,11 @@ class Reader:
         literal = json_literal(last)
         if literal is not _NOT_A_LITERAL:
             yield literal
+        if definition.get(JSON_CONTENT) and isinstance(last, str):
+            try:
+                yield json.loads(last)
+            except ValueError:
+                pass
 
     def error(self, value: Any) -> str | None:
         error = best_match(self.validator.iter_errors(value))
@@ -380,6 +394,8 @@ class FormBody31(Body31, FormDataValidator):
             raise BadRequestProblem(detail=f"The form cannot be read: {exc}") from None
 
     def _validate(self, body):
+        # The schema alone decides, as for JSON: fields it does not name are refused only by
+        # its additionalProperties, never by strict_validation (which the 3.1 keywords say better).
         if body is not NO_BODY and not isinstance(body, dict):
             raise BadRequestProblem("Parsed body must be a mapping")
         return super()._validate(body)
@@ -403,8 +419,14 @@ class TextResponse31(JSONResponse31, TextResponseBodyValidator):
 
 def give_parameters_a_type(view: dict[str, Any], schemas: CompiledSchemas) -> None:
     """Connexion's argument passing reads ``schema["type"]`` (and ``items["type"]``) of every
-    parameter; where the 3.1 schema has no single type, the view names the one it can."""
+    parameter; where the 3.1 schema has no single type, the view names the one it can. A
+    parameter described by ``content`` is given its media type's schema (read as JSON if
+    the media type is), as Connexion knows only ``schema``."""
     for parameter in parameters(view):
+        if isinstance(parameter.get("content"), dict) and "schema" not in parameter:
+            media_type, media = next(iter(parameter.pop("content").items()), ("", {}))
+            parameter["schema"] = (media or {}).get("schema", {})
+            parameter[JSON_CONTENT] = media_type.split(";")[0].strip().endswith(("/json", "+json"))
         schema = parameter.get("schema")
         if not isinstance(schema, dict):
             continue

@@ -120,6 +120,28 @@ def test_headers_and_cookies_are_read_by_their_3_1_types():
     assert client.get("/h", headers={"Cookie": "c=1,x"}).status_code == 400
 
 
+def test_parameters_that_fail_to_read_are_400_never_500():
+    def get(path: str, parameters: list) -> dict:
+        return {path: {"get": {"operationId": path.strip("/").split("/")[0], "parameters": parameters,
+                               "responses": {"204": {"description": "ok"}}}}}  # fmt: skip
+
+    paths = {
+        **get("/i/{n}", [{"name": "n", "in": "path", "required": True, "schema": {"type": "integer", "minimum": 3}}]),
+        **get("/big", [{"name": "n", "in": "query", "schema": {"type": "integer"}}]),
+        **get("/content", [{"name": "f", "in": "query", "content": {"application/json": {"schema": {
+            "type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}}}}]),
+    }  # fmt: skip
+    client = stub_client(contract_of(document(paths)))
+    # A path converter hands over an int; a number past Python's digit limit is no number.
+    assert client.get("/i/5").status_code == 204 and client.get("/i/1").status_code == 400
+    assert client.get("/big", params={"n": "9" * 5000}).status_code == 400
+    assert client.get("/big", params={"n": "12"}).status_code == 204
+    # A parameter described by content is its media type's value: here a JSON text.
+    assert client.get("/content", params={"f": '{"a": 1}'}).status_code == 204
+    assert client.get("/content", params={"f": '{"a": "x"}'}).status_code == 400
+    assert client.get("/content", params={"f": "not json"}).status_code == 400
+
+
 def test_bodies_that_cannot_be_read_are_400_never_500():
     client = stub_client(KEYWORD_CONTRACT)
     for content, content_type in [(b"\xff\xfe", "application/json"), (b"{", "application/json"),
