@@ -37,7 +37,7 @@ from referencing.jsonschema import DRAFT202012
 from starlette.datastructures import Headers
 from starlette.formparsers import MultiPartException
 
-from agentos_sessions.openapi30_view import POINTER_KEY, parameters
+from agentos_sessions.openapi30_view import POINTER_KEY, _escape, parameters
 
 BASE_URI = "urn:contract"
 ALL_TYPES = frozenset({"null", "boolean", "object", "array", "number", "integer", "string"})
@@ -246,10 +246,6 @@ class CompiledSchemas:
 
 def _tokens(pointer: str) -> list[str]:
     return [token.replace("~1", "/").replace("~0", "~") for token in pointer.split("/")[1:]]
-
-
-def _escape(token: Any) -> str:
-    return str(token).replace("~", "~0").replace("/", "~1")
 
 
 def _absolute_refs(node: Any) -> Any:
