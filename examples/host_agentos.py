@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import uvicorn
@@ -27,30 +28,29 @@ from starlette.responses import JSONResponse
 from agentos_sessions import docs_ui
 from agentos_sessions.contract import Contract
 from agentos_sessions.errors import register_error_renderer
-from agentos_sessions.security import generate_key, token_matches
+from agentos_sessions.security import BEARER_INFO_FUNC, STATE_KEY, generate_key
 
 DOCUMENT = Path(__file__).resolve().with_name("agentos-3.1.10-openapi.json")
 KEY_ENV = "OS_SECURITY_KEY"
 
 
-def check_token(token: str, request=None) -> dict | None:
-    """Connexion's ``x-bearerInfoFunc``: the token is the key in ``OS_SECURITY_KEY``; no key
-    set, no token is."""
-    key = os.environ.get(KEY_ENV)
-    return {"sub": "caller"} if key and token_matches(token, key) else None
-
-
 def create_app(stub_status: int = 501) -> AsyncApp:
+    key = os.environ.get(KEY_ENV) or generate_key()
+
+    @asynccontextmanager
+    async def lifespan(_app):
+        yield {STATE_KEY: key}  # where the service's own bearer check finds the key
+
     def stub(**_arguments):
         # Reached only by a request that passed security and validation; an explicit
         # response, as Connexion cannot pick among an operation's several media types.
         return JSONResponse({"detail": "Not implemented by this stub", "error_code": "NOT_IMPLEMENTED"}, stub_status)
 
     contract = Contract.load(DOCUMENT)
-    app = AsyncApp(__name__, swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False))
+    app = AsyncApp(__name__, lifespan=lifespan, swagger_ui_options=SwaggerUIOptions(serve_spec=False, swagger_ui=False))
     # Every operationId resolves to the stub, so nothing is skipped on the way to it (with
     # Connexion's resolver_error=501 alone, unresolved operations skip security and validation).
-    contract.add_api(app, resolver=Resolver(lambda _operation_id: stub), bearer_info_func=f"{__name__}.check_token",
+    contract.add_api(app, resolver=Resolver(lambda _operation_id: stub), bearer_info_func=BEARER_INFO_FUNC,
                      strict_validation=True)  # fmt: skip
     contract.add_document_routes(app)
     docs_ui.install(app)
